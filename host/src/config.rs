@@ -1,0 +1,212 @@
+//! Every setting of the server, from flags and environment, in one typed struct.
+//!
+//! Owns defaults, help texts and validation of values. Precedence: a flag wins over its environment
+//! variable, which wins over the default. It does not open files or sockets; `server` does that.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// pgws: PostgreSQL NOTIFY → WebSocket fan-out for many tenants, with per-tenant WebAssembly guests.
+///
+/// Send `select pg_notify('pgwebsocket', 'acme,{"hello":1}')` and every WebSocket client of tenant
+/// `acme` connected to `/ws` receives it. Payloads are `<tenant>,<json>` or `<tenant>/<topic>,<json>`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "pgws", version, about, long_about)]
+pub struct Config {
+    /// PostgreSQL connection string (URL or key=value form) for the LISTEN connection.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Address to serve HTTP and WebSocket on. The port is shared with SO_REUSEPORT, so several pgws
+    /// processes can serve one address.
+    #[arg(long, env = "PGWS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Postgres channel to LISTEN on; repeat the flag (or comma-separate the variable) for several.
+    #[arg(
+        long = "channel",
+        env = "PGWS_CHANNEL",
+        value_delimiter = ',',
+        default_value = "pgwebsocket"
+    )]
+    pub channels: Vec<String>,
+
+    /// Shape of the frame sent to clients: `pgws` sends {"payload": <body>, "channel": "<channel>",
+    /// "id": "<uuid>"} like pgws; `raw` sends the JSON body alone, like pgws's first release.
+    #[arg(long, env = "PGWS_FRAME", value_enum, default_value_t = FrameFormat::Pgws)]
+    pub frame: FrameFormat,
+
+    /// DEVELOPMENT ONLY: let a client choose its tenant with `/ws?tenant=<name>`, with no proof.
+    /// Anyone can then read any tenant's messages. Off by default; a warning is logged when on.
+    #[arg(long, env = "PGWS_INSECURE_TENANT_PARAM")]
+    pub insecure_tenant_param: bool,
+
+    /// Directory of guest components: `<tenant>.wasm` for one tenant, `_default.wasm` for every tenant
+    /// without its own. No guest for a tenant and no default means messages are forwarded unchanged.
+    #[arg(long, env = "PGWS_GUESTS")]
+    pub guests: Option<PathBuf>,
+
+    /// Where compiled guests are cached so a restart does not recompile them.
+    /// Default: `$XDG_CACHE_HOME/pgws` or `~/.cache/pgws`.
+    #[arg(long, env = "PGWS_GUEST_CACHE")]
+    pub guest_cache: Option<PathBuf>,
+
+    /// Longest a guest may run for one call, in milliseconds; past it the call is interrupted.
+    #[arg(long, env = "PGWS_GUEST_TIMEOUT_MS", default_value_t = 100)]
+    pub guest_timeout_ms: u64,
+
+    /// Most linear memory one guest instance may grow to, in MiB.
+    #[arg(long, env = "PGWS_GUEST_MEMORY_MB", default_value_t = 64)]
+    pub guest_memory_mb: u64,
+
+    /// Most bytes of bodies one guest call may return (all routes together).
+    #[arg(long, env = "PGWS_GUEST_MAX_OUTPUT", default_value_t = 256 * 1024)]
+    pub guest_max_output: usize,
+
+    /// Most topics one guest call may route a message to.
+    #[arg(long, env = "PGWS_GUEST_MAX_ROUTES", default_value_t = 32)]
+    pub guest_max_routes: usize,
+
+    /// What happens to a message whose guest fails (trap, timeout, cap): `closed` drops it (the
+    /// default: a broken filter must not leak what it was meant to filter); `open` forwards it unchanged.
+    #[arg(long, env = "PGWS_GUEST_FAILURE", value_enum, default_value_t = FailurePolicy::Closed)]
+    pub guest_failure: FailurePolicy,
+
+    /// After this many failures in a row a tenant's guest is isolated: it is not called, and its
+    /// messages follow --guest-failure, until --guest-isolation-secs have passed.
+    #[arg(long, env = "PGWS_GUEST_MAX_FAILURES", default_value_t = 5)]
+    pub guest_max_failures: u32,
+
+    /// How long an isolated guest rests before it is tried again, in seconds.
+    #[arg(long, env = "PGWS_GUEST_ISOLATION_SECS", default_value_t = 30)]
+    pub guest_isolation_secs: u64,
+
+    /// Threads that run guests. Each tenant is pinned to one, which keeps its messages in order.
+    /// Default: the number of CPUs.
+    #[arg(long, env = "PGWS_GUEST_THREADS")]
+    pub guest_threads: Option<usize>,
+
+    /// Frames queued per client before the client counts as too slow and is closed (code 1013).
+    #[arg(long, env = "PGWS_SESSION_QUEUE", default_value_t = 1024)]
+    pub session_queue: usize,
+
+    /// WebSocket read buffer per connection, in bytes. Small keeps idle connections cheap.
+    #[arg(long, env = "PGWS_WS_READ_BUFFER", default_value_t = 1024)]
+    pub ws_read_buffer: usize,
+
+    /// Largest message a client may send, in bytes; a bigger one closes the connection (1009).
+    #[arg(long, env = "PGWS_MAX_CLIENT_MESSAGE", default_value_t = 64 * 1024)]
+    pub max_client_message: usize,
+
+    /// Seconds between keepalive pings to each client; a client that has not answered by the next
+    /// ping is dropped.
+    #[arg(long, env = "PGWS_PING_SECS", default_value_t = 30)]
+    pub ping_secs: u64,
+
+    /// First wait before reconnecting to Postgres, in milliseconds; doubles up to --reconnect-max-ms.
+    #[arg(long, env = "PGWS_RECONNECT_MIN_MS", default_value_t = 100)]
+    pub reconnect_min_ms: u64,
+
+    /// Longest wait between reconnect attempts, in milliseconds.
+    #[arg(long, env = "PGWS_RECONNECT_MAX_MS", default_value_t = 5000)]
+    pub reconnect_max_ms: u64,
+
+    /// Seconds between liveness checks of the LISTEN connection; a check that gets no answer
+    /// within the same time counts the connection as dead and reconnects.
+    #[arg(long, env = "PGWS_HEALTH_CHECK_SECS", default_value_t = 5)]
+    pub health_check_secs: u64,
+
+    /// Most seconds a shutdown waits for sessions to close before exiting anyway.
+    #[arg(long, env = "PGWS_SHUTDOWN_SECS", default_value_t = 5)]
+    pub shutdown_secs: u64,
+
+    /// Log format.
+    #[arg(long, env = "PGWS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FrameFormat {
+    /// {"payload": <body>, "channel": "<channel>", "id": "<uuid>"}
+    Pgws,
+    /// The JSON body alone.
+    Raw,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailurePolicy {
+    /// Drop the message.
+    Closed,
+    /// Forward the message unchanged.
+    Open,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    pub fn guest_timeout(&self) -> Duration {
+        Duration::from_millis(self.guest_timeout_ms)
+    }
+
+    pub fn reconnect_backoff(&self) -> (Duration, Duration) {
+        let min = Duration::from_millis(self.reconnect_min_ms.max(1));
+        (min, Duration::from_millis(self.reconnect_max_ms).max(min))
+    }
+
+    pub fn guest_threads(&self) -> usize {
+        self.guest_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .max(1)
+    }
+
+    /// Checks what clap cannot: values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.channels.iter().any(|c| c.is_empty() || c.len() > 63) {
+            return Err("--channel names must be 1 to 63 bytes long".into());
+        }
+        if self.session_queue == 0 {
+            return Err("--session-queue must be at least 1".into());
+        }
+        if self.guest_timeout_ms == 0 {
+            return Err("--guest-timeout-ms must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_repeated_channels() {
+        let c = Config::try_parse_from([
+            "pgws",
+            "--database-url",
+            "postgres://x",
+            "--channel",
+            "a",
+            "--channel",
+            "b",
+        ])
+        .expect("parses");
+        assert_eq!(c.channels, ["a", "b"]);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.frame, FrameFormat::Pgws);
+        assert!(!c.insecure_tenant_param);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn verifies_clap_definition() {
+        use clap::CommandFactory;
+        Config::command().debug_assert();
+    }
+}

@@ -1,0 +1,166 @@
+//! The wasmtime engine narrowed to what pgws needs: compile, type-check and pre-link guests, and keep
+//! the epoch clock that enforces call deadlines.
+//!
+//! Owns the [`Engine`], the [`Linker`] (WASI preview 2 with no capabilities, plus the `log` import)
+//! and the on-disk cache of compiled code. Produces [`GuestModule`]s: compiled, checked against the
+//! `filter` world, ready to instantiate cheaply. It does not decide which tenant uses which module
+//! (`registry`) or run calls (`instance`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Cache, CacheConfig, Config, Engine};
+
+use super::bindings::{Filter, FilterPre};
+use super::instance::GuestState;
+
+/// How often the epoch clock ticks. Deadlines are whole ticks, so this is their resolution.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Limits applied to every guest call.
+#[derive(Debug, Clone)]
+pub struct GuestLimits {
+    /// Wall-clock deadline of one call.
+    pub timeout: Duration,
+    /// Most linear memory an instance may have, in bytes.
+    pub memory_bytes: usize,
+    /// Most bytes of bodies one call may return.
+    pub max_output: usize,
+    /// Most routes one call may return.
+    pub max_routes: usize,
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        GuestLimits {
+            timeout: Duration::from_millis(100),
+            memory_bytes: 64 << 20,
+            max_output: 256 << 10,
+            max_routes: 32,
+        }
+    }
+}
+
+/// Why a component was refused. The old guest, if any, keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("not a WebAssembly component: {0:#}")]
+    Compile(wasmtime::Error),
+    #[error("does not fit the pgws:guest/filter world: {0:#}")]
+    WrongWorld(wasmtime::Error),
+    #[error("failed to instantiate: {0:#}")]
+    Instantiate(wasmtime::Error),
+    #[error("could not read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A compiled, type-checked guest, ready to instantiate. Shared by every worker that runs it.
+pub struct GuestModule {
+    pub(super) pre: FilterPre<GuestState>,
+    /// Short hex digest of the component bytes; names the version in logs and the admin API.
+    pub version: String,
+    pub size: usize,
+    pub loaded_at: SystemTime,
+    pub compile_time: Duration,
+}
+
+impl std::fmt::Debug for GuestModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestModule")
+            .field("version", &self.version)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The engine, linker and limits every guest shares.
+#[derive(Clone)]
+pub struct GuestRuntime {
+    pub(super) engine: Engine,
+    linker: Arc<Linker<GuestState>>,
+    pub(super) limits: GuestLimits,
+}
+
+impl GuestRuntime {
+    /// Builds the engine and starts the epoch clock. `cache_dir` keeps compiled code across restarts.
+    pub fn new(limits: GuestLimits, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            // Async component calls are not used, and enabling them doubles the cost of each call.
+            .concurrency_support(false)
+            .parallel_compilation(true);
+        if let Some(dir) = cache_dir {
+            let mut cache = CacheConfig::new();
+            cache.with_directory(dir);
+            config.cache(Some(Cache::new(cache)?));
+        }
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::<GuestState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        Filter::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("pgws-epoch".into())
+            .spawn(move || {
+                // Stops by itself once the last engine handle is gone.
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
+
+        Ok(GuestRuntime {
+            engine,
+            linker: Arc::new(linker),
+            limits,
+        })
+    }
+
+    /// Deadline of one call in epoch ticks (at least one full tick).
+    pub(super) fn deadline_ticks(&self) -> u64 {
+        (self.limits.timeout.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
+    }
+
+    /// Compiles and checks a component. Slow (milliseconds to seconds): never call it on the message
+    /// path. A component is accepted only if it compiles, links against exactly what pgws offers,
+    /// exports the `filter` world, and can be instantiated once.
+    pub fn compile(&self, bytes: &[u8]) -> Result<GuestModule, LoadError> {
+        let started = Instant::now();
+        let component = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(LoadError::WrongWorld)?;
+        let pre = FilterPre::new(instance_pre).map_err(LoadError::WrongWorld)?;
+        let module = GuestModule {
+            pre,
+            version: short_digest(bytes),
+            size: bytes.len(),
+            loaded_at: SystemTime::now(),
+            compile_time: started.elapsed(),
+        };
+        // A trial instance catches start functions that trap or memories over the cap before the
+        // module is allowed to replace a working one.
+        super::instance::GuestInstance::new(self, &module, "_check")
+            .map_err(LoadError::Instantiate)?;
+        Ok(module)
+    }
+}
+
+/// FNV-1a 64 of the bytes, in hex: enough to tell versions apart in logs; not a security measure.
+fn short_digest(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}

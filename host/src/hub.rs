@@ -1,0 +1,290 @@
+//! Fan-out: from one message to every session of its tenant that wants it.
+//!
+//! Owns the tenant → sessions map and each session's sending half. A message is encoded once per frame
+//! format and the same bytes are queued to every recipient with `try_send`: the hub never waits on a
+//! client. A session whose bounded queue is full is unregistered and told to close (it is too slow).
+//! It does not own sockets (`session`) or decide routing (the guest, via `pipeline`).
+
+use std::collections::HashMap;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::envelope::{JsonBody, TenantId, Topic};
+use crate::frame::{self, FrameFormat};
+use crate::metrics as m;
+
+/// One message after its guest, ready to fan out. The hub's input is a plain ordered stream of these.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub tenant: TenantId,
+    /// `None` reaches every session of the tenant; a topic reaches the sessions that take it.
+    pub topic: Option<Topic>,
+    /// Position in the tenant's stream, counted from 1 since this process started.
+    pub seq: u64,
+    pub channel: Arc<str>,
+    pub body: JsonBody,
+}
+
+/// Which topical messages a session takes. Messages with no topic reach every session of the tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicFilter {
+    All,
+    Only(HashSet<Topic>),
+}
+
+impl TopicFilter {
+    fn accepts(&self, topic: Option<&Topic>) -> bool {
+        match (self, topic) {
+            (_, None) | (TopicFilter::All, _) => true,
+            (TopicFilter::Only(set), Some(t)) => set.contains(t),
+        }
+    }
+}
+
+/// Identifies one registered session.
+pub type SessionId = u64;
+
+/// What a session gets from [`Hub::register`]. Dropping it unregisters the session, so a session
+/// cannot leak from the hub whichever way it ends (even if the upgrade never completes).
+pub struct Registration {
+    pub id: SessionId,
+    pub tenant: TenantId,
+    pub frames: mpsc::Receiver<Utf8Bytes>,
+    /// Cancelled when the hub gives up on the session because its queue overflowed.
+    pub overflowed: CancellationToken,
+    hub: Arc<Hub>,
+}
+
+impl Registration {
+    /// Changes which topics this session takes.
+    pub fn set_filter(&self, filter: TopicFilter) {
+        self.hub.set_filter(&self.tenant, self.id, filter);
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.unregister(&self.tenant, self.id);
+    }
+}
+
+struct Subscriber {
+    id: SessionId,
+    format: FrameFormat,
+    filter: TopicFilter,
+    /// Bounded: a client that cannot keep up costs at most this many frames of memory.
+    frames: mpsc::Sender<Utf8Bytes>,
+    overflowed: CancellationToken,
+}
+
+/// The live set of sessions, by tenant.
+pub struct Hub {
+    /// Read on every message, written on connect, disconnect and overflow.
+    tenants: RwLock<HashMap<TenantId, Vec<Subscriber>>>,
+    next_id: AtomicU64,
+    queue_len: usize,
+}
+
+impl Hub {
+    pub fn new(queue_len: usize) -> Self {
+        Hub {
+            tenants: RwLock::default(),
+            next_id: AtomicU64::new(1),
+            queue_len: queue_len.max(1),
+        }
+    }
+
+    pub fn register(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        format: FrameFormat,
+        filter: TopicFilter,
+    ) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.queue_len);
+        let overflowed = CancellationToken::new();
+        let sub = Subscriber {
+            id,
+            format,
+            filter,
+            frames: tx,
+            overflowed: overflowed.clone(),
+        };
+        self.write().entry(tenant.clone()).or_default().push(sub);
+        metrics::gauge!(m::CONNECTIONS, "tenant" => tenant.to_string()).increment(1.0);
+        Registration {
+            id,
+            tenant: tenant.clone(),
+            frames: rx,
+            overflowed,
+            hub: self.clone(),
+        }
+    }
+
+    /// Removes a session; a no-op if the hub already dropped it.
+    fn unregister(&self, tenant: &TenantId, id: SessionId) {
+        if self.remove(tenant, &[id]) > 0 {
+            metrics::gauge!(m::CONNECTIONS, "tenant" => tenant.to_string()).decrement(1.0);
+        }
+    }
+
+    fn set_filter(&self, tenant: &TenantId, id: SessionId, filter: TopicFilter) {
+        if let Some(sub) = self
+            .write()
+            .get_mut(tenant)
+            .and_then(|subs| subs.iter_mut().find(|s| s.id == id))
+        {
+            sub.filter = filter;
+        }
+    }
+
+    /// Number of sessions registered for `tenant`.
+    pub fn sessions(&self, tenant: &TenantId) -> usize {
+        self.read().get(tenant).map_or(0, Vec::len)
+    }
+
+    /// Queues `delivery` to every matching session of its tenant. Never blocks on a session.
+    pub fn publish(&self, delivery: &Delivery) {
+        let mut encoded: [Option<Utf8Bytes>; 2] = [None, None];
+        let mut overflowed = Vec::new();
+        let mut delivered = 0u64;
+        {
+            let tenants = self.read();
+            let Some(subs) = tenants.get(&delivery.tenant) else {
+                return;
+            };
+            for sub in subs {
+                if !sub.filter.accepts(delivery.topic.as_ref()) {
+                    continue;
+                }
+                let slot = &mut encoded[sub.format as usize];
+                let bytes = slot
+                    .get_or_insert_with(|| {
+                        frame::encode(sub.format, &delivery.channel, &delivery.body)
+                    })
+                    .clone();
+                match sub.frames.try_send(bytes) {
+                    Ok(()) => delivered += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        sub.overflowed.cancel();
+                        overflowed.push(sub.id);
+                    }
+                    // The session is on its way out and will unregister itself.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+        }
+        metrics::counter!(m::DELIVERIES).increment(delivered);
+        if !overflowed.is_empty() {
+            let removed = self.remove(&delivery.tenant, &overflowed);
+            metrics::counter!(m::QUEUE_OVERFLOWS).increment(removed as u64);
+            metrics::gauge!(m::CONNECTIONS, "tenant" => delivery.tenant.to_string())
+                .decrement(removed as f64);
+            tracing::warn!(
+                tenant = %delivery.tenant,
+                sessions = removed,
+                "closing sessions whose queue is full (client too slow)"
+            );
+        }
+    }
+
+    /// The listener lost and regained Postgres: NOTIFYs in between are gone. Sessions of the
+    /// pgws and raw formats have no way to be told, so this is logged for operators.
+    pub fn gap(&self) {
+        tracing::warn!(
+            sessions = self.read().values().map(Vec::len).sum::<usize>(),
+            "notifications sent while the listener was reconnecting were lost"
+        );
+    }
+
+    fn remove(&self, tenant: &TenantId, ids: &[SessionId]) -> usize {
+        let mut tenants = self.write();
+        let Some(subs) = tenants.get_mut(tenant) else {
+            return 0;
+        };
+        let before = subs.len();
+        subs.retain(|s| !ids.contains(&s.id));
+        let removed = before - subs.len();
+        if subs.is_empty() {
+            tenants.remove(tenant);
+        }
+        removed
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<TenantId, Vec<Subscriber>>> {
+        self.tenants.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<TenantId, Vec<Subscriber>>> {
+        self.tenants.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(tenant: &str, topic: Option<&str>, body: &str) -> Delivery {
+        Delivery {
+            tenant: TenantId::parse(tenant).expect("tenant"),
+            topic: topic.map(|t| Topic::parse(t).expect("topic")),
+            seq: 1,
+            channel: Arc::from("pgwebsocket"),
+            body: JsonBody::parse(body).expect("json"),
+        }
+    }
+
+    #[test]
+    fn delivers_only_to_the_tenant_and_shares_bytes() {
+        let hub = Arc::new(Hub::new(8));
+        let acme = TenantId::parse("acme").expect("tenant");
+        let other = TenantId::parse("other").expect("tenant");
+        let mut a1 = hub.register(&acme, FrameFormat::Raw, TopicFilter::All);
+        let mut a2 = hub.register(&acme, FrameFormat::Raw, TopicFilter::All);
+        let mut o = hub.register(&other, FrameFormat::Raw, TopicFilter::All);
+        hub.publish(&delivery("acme", None, r#"{"n":1}"#));
+        let f1 = a1.frames.try_recv().expect("a1 frame");
+        let f2 = a2.frames.try_recv().expect("a2 frame");
+        assert_eq!(f1.as_str(), r#"{"n":1}"#);
+        assert_eq!(
+            f1.as_str().as_ptr(),
+            f2.as_str().as_ptr(),
+            "one encoding, shared"
+        );
+        assert!(o.frames.try_recv().is_err());
+    }
+
+    #[test]
+    fn topic_filters_select_topical_messages() {
+        let hub = Arc::new(Hub::new(8));
+        let acme = TenantId::parse("acme").expect("tenant");
+        let only = TopicFilter::Only([Topic::parse("orders").expect("topic")].into());
+        let mut s = hub.register(&acme, FrameFormat::Raw, only);
+        hub.publish(&delivery("acme", Some("billing"), "1"));
+        hub.publish(&delivery("acme", Some("orders"), "2"));
+        hub.publish(&delivery("acme", None, "3"));
+        assert_eq!(s.frames.try_recv().expect("orders").as_str(), "2");
+        assert_eq!(s.frames.try_recv().expect("broadcast").as_str(), "3");
+        assert!(s.frames.try_recv().is_err());
+    }
+
+    #[test]
+    fn full_queue_unregisters_and_signals_the_session() {
+        let hub = Arc::new(Hub::new(2));
+        let acme = TenantId::parse("acme").expect("tenant");
+        let slow = hub.register(&acme, FrameFormat::Raw, TopicFilter::All);
+        let mut fast = hub.register(&acme, FrameFormat::Raw, TopicFilter::All);
+        for _ in 0..3 {
+            hub.publish(&delivery("acme", None, "1"));
+            let _ = fast.frames.try_recv();
+        }
+        assert!(slow.overflowed.is_cancelled());
+        assert!(!fast.overflowed.is_cancelled());
+        assert_eq!(hub.sessions(&acme), 1);
+    }
+}

@@ -1,0 +1,88 @@
+//! Metric names, their descriptions, and the Prometheus exporter.
+//!
+//! Owns the vocabulary of `/metrics`: every other module records through the `metrics` macros with a
+//! name from here, so the set of series is visible in one place. It does not serve HTTP (`server` does).
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const NOTIFICATIONS_RECEIVED: &str = "pgws_notifications_received_total";
+pub const NOTIFICATIONS_REJECTED: &str = "pgws_notifications_rejected_total";
+pub const MESSAGES_DROPPED: &str = "pgws_messages_dropped_total";
+pub const MESSAGES_PUBLISHED: &str = "pgws_messages_published_total";
+pub const DELIVERIES: &str = "pgws_deliveries_total";
+pub const CONNECTIONS: &str = "pgws_connections";
+pub const CONNECTIONS_OPENED: &str = "pgws_connections_opened_total";
+pub const CONNECTIONS_REFUSED: &str = "pgws_connections_refused_total";
+pub const SESSIONS_CLOSED: &str = "pgws_sessions_closed_total";
+pub const QUEUE_OVERFLOWS: &str = "pgws_queue_overflows_total";
+pub const LISTENER_CONNECTED: &str = "pgws_listener_connected";
+pub const LISTENER_RECONNECTS: &str = "pgws_listener_reconnects_total";
+pub const LISTENER_LAG: &str = "pgws_listener_lag_seconds";
+pub const GUEST_CALLS: &str = "pgws_guest_calls_total";
+pub const GUEST_FAILURES: &str = "pgws_guest_failures_total";
+pub const GUEST_CALL_SECONDS: &str = "pgws_guest_call_seconds";
+pub const GUEST_LOADS: &str = "pgws_guest_loads_total";
+
+/// Installs the global recorder and describes every series. Call once, from the binary.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(GUEST_CALL_SECONDS.into()),
+            &[
+                1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1, 1.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(LISTENER_LAG.into()),
+            &[1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0],
+        )?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        NOTIFICATIONS_RECEIVED,
+        "NOTIFYs received on the LISTEN connection"
+    );
+    describe_counter!(
+        NOTIFICATIONS_REJECTED,
+        "NOTIFYs or guest outputs refused, by reason"
+    );
+    describe_counter!(
+        MESSAGES_DROPPED,
+        "Messages a guest chose to drop, by tenant"
+    );
+    describe_counter!(
+        MESSAGES_PUBLISHED,
+        "Messages handed to the hub after the guest, by tenant"
+    );
+    describe_counter!(DELIVERIES, "Frames queued to client sessions");
+    describe_gauge!(CONNECTIONS, "Open WebSocket sessions, by tenant");
+    describe_counter!(CONNECTIONS_OPENED, "WebSocket sessions opened");
+    describe_counter!(CONNECTIONS_REFUSED, "WebSocket upgrades refused, by reason");
+    describe_counter!(SESSIONS_CLOSED, "WebSocket sessions closed, by reason");
+    describe_counter!(
+        QUEUE_OVERFLOWS,
+        "Sessions closed because their queue was full"
+    );
+    describe_gauge!(
+        LISTENER_CONNECTED,
+        "1 while the LISTEN connection is up and listening"
+    );
+    describe_counter!(LISTENER_RECONNECTS, "Times the LISTEN connection was lost");
+    describe_histogram!(
+        LISTENER_LAG,
+        Unit::Seconds,
+        "Time from receiving a NOTIFY to handing it to the hub"
+    );
+    describe_counter!(GUEST_CALLS, "Guest calls, by tenant and outcome");
+    describe_counter!(
+        GUEST_FAILURES,
+        "Guest calls that failed, by tenant and kind"
+    );
+    describe_histogram!(GUEST_CALL_SECONDS, Unit::Seconds, "Duration of guest calls");
+    describe_counter!(GUEST_LOADS, "Guest components loaded, by outcome");
+}
