@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::envelope::TenantId;
+use crate::envelope::{TenantId, Topic};
 use crate::frame::FrameFormat;
 use crate::guest::{GuestLimits, GuestRegistry, GuestRuntime};
 use crate::hub::{Hub, TopicFilter};
@@ -215,6 +215,16 @@ fn refuse(status: StatusCode, reason: &'static str, detail: String) -> Response 
     (status, format!("{detail}\n")).into_response()
 }
 
+/// `?topics=a,b`: the topics a session takes (messages with no topic always reach it).
+fn parse_topics(
+    list: &str,
+) -> Result<std::collections::HashSet<Topic>, crate::envelope::NameError> {
+    list.split(',')
+        .filter(|t| !t.is_empty())
+        .map(Topic::parse)
+        .collect()
+}
+
 async fn ws_handler(
     State(app): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
@@ -255,9 +265,21 @@ async fn ws_handler(
         );
     }
 
+    let filter = match params.get("topics").map(|t| parse_topics(t)) {
+        None => TopicFilter::All,
+        Some(Ok(topics)) => TopicFilter::Only(topics),
+        Some(Err(e)) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_topic",
+                format!("invalid topic name: {e}"),
+            )
+        }
+    };
+
     // Registered before the 101 goes out, so a message published right after the client sees the
     // upgrade already has somewhere to go.
-    let registration = app.hub.register(&tenant, app.frame, TopicFilter::All);
+    let registration = app.hub.register(&tenant, app.frame, filter);
     let AppState {
         session,
         shutdown,

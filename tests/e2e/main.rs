@@ -1,1 +1,9 @@
-fn main() {}
+//! End-to-end tests: the real `pgws` binary, a private PostgreSQL, real WebSocket clients.
+//!
+//! One test binary, a module per feature. Every test gets its own database, so tests run in parallel.
+
+mod harness;
+
+mod guests;
+mod pipeline;
+mod reliability;

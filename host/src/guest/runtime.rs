@@ -95,6 +95,9 @@ impl GuestRuntime {
             .epoch_interruption(true)
             // Async component calls are not used, and enabling them doubles the cost of each call.
             .concurrency_support(false)
+            // A trap is logged as one line naming its cause; frame-by-frame wasm backtraces of
+            // stripped guests say nothing more and cost time on every trap.
+            .wasm_backtrace_max_frames(None)
             .parallel_compilation(true);
         if let Some(dir) = cache_dir {
             let mut cache = CacheConfig::new();

@@ -1,0 +1,178 @@
+//! The real `pgws` binary, started on a free port against a test database, killed when dropped.
+//!
+//! Its log (stderr) is captured so tests can assert what an operator would read.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+pub struct Server {
+    pub addr: SocketAddr,
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts `pgws --database-url <url> --listen 127.0.0.1:0 <args>` and waits until it is ready.
+    pub async fn start(database_url: &str, args: &[&str]) -> anyhow::Result<Server> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pgws"))
+            .arg("--database-url")
+            .arg(database_url)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("PGWS_LOG", "info,pgws=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning pgws")?;
+        let stderr = child.stderr.take().context("pgws stderr")?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("PGWS_TEST_LOG").is_some() {
+                    eprintln!("[pgws] {line}");
+                }
+                if line.contains("pgws serving") {
+                    if let Some(addr) = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("addr="))
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                    {
+                        let _ = addr_tx.send(addr);
+                    }
+                }
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        let addr = match tokio::task::spawn_blocking(move || {
+            addr_rx.recv_timeout(Duration::from_secs(60))
+        })
+        .await?
+        {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                bail!(
+                    "pgws did not start:\n{}",
+                    log.lock().expect("log lock").join("\n")
+                );
+            }
+        };
+        let server = Server { addr, child, log };
+        server.wait_ready(Duration::from_secs(30)).await?;
+        Ok(server)
+    }
+
+    pub async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok((200, _)) = self.get("/readyz").await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("pgws not ready within {within:?}:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/ws{query}", self.addr)
+    }
+
+    /// A plain HTTP GET; returns status and body.
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        super::http::get(self.addr, path, &[]).await
+    }
+
+    /// The value of one Prometheus series (sum over series whose labels contain every `labels` pair).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+        let (_, text) = self.get("/metrics").await?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().expect("log lock").join("\n")
+    }
+
+    /// Waits until a log line contains every one of `parts`.
+    pub async fn wait_log(&self, parts: &[&str], within: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(line) = self
+                .log
+                .lock()
+                .expect("log lock")
+                .iter()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+            {
+                return Ok(line.clone());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no log line with {parts:?} within {within:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        Ok(())
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait_exit(&mut self, within: Duration) -> anyhow::Result<Option<i32>> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                bail!("pgws still running after {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,310 @@
+//! Reliability: Postgres going away, slow clients, hostile sockets, shutdown.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use crate::harness::{connect, notify, Client, PgCluster, Server, PATIENCE};
+
+const DEV: &[&str] = &["--insecure-tenant-param", "--frame", "raw"];
+
+/// Sends numbered NOTIFYs until one reaches `client`; returns how long that took.
+async fn until_flowing(url: &str, client: &mut Client, tag: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let deadline = started + PATIENCE;
+    let mut n = 0;
+    loop {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "messages did not flow again ({tag})"
+        );
+        n += 1;
+        let body = format!("{{\"probe\":\"{tag}\",\"n\":{n}}}");
+        if let Ok(sql) = connect(url).await {
+            let _ = notify(&sql, &format!("acme,{body}")).await;
+        }
+        if let Ok(text) = client.recv_text_within(Duration::from_millis(100)).await {
+            let frame: serde_json::Value = serde_json::from_str(&text)?;
+            if frame["probe"] == tag {
+                // Drain any further probes of this round.
+                while client
+                    .recv_text_within(Duration::from_millis(150))
+                    .await
+                    .is_ok()
+                {}
+                return Ok(started.elapsed());
+            }
+        }
+    }
+}
+
+/// Postgres stopped and restarted 5 times, quickly and after a pause: the server never exits,
+/// `/readyz` follows the outage, clients stay connected, and messages flow again soon after.
+#[tokio::test(flavor = "multi_thread")]
+async fn survives_postgres_restarts() -> anyhow::Result<()> {
+    let pg = PgCluster::start()?;
+    let url = pg.url("postgres");
+    let mut args = DEV.to_vec();
+    args.extend([
+        "--reconnect-min-ms",
+        "50",
+        "--reconnect-max-ms",
+        "500",
+        "--health-check-secs",
+        "1",
+    ]);
+    let mut server = Server::start(&url, &args).await?;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(Client::connect(&server.ws_url("?tenant=acme")).await?);
+    }
+    until_flowing(&url, &mut clients[0], "start").await?;
+
+    for round in 0..5 {
+        pg.stop_server()?;
+        let deadline = Instant::now() + PATIENCE;
+        while server.get("/readyz").await?.0 == 200 {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "/readyz stayed 200 while Postgres was down"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if round % 2 == 1 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        pg.start_server()?;
+        let back = Instant::now();
+        server.wait_ready(PATIENCE).await?;
+        let tag = format!("round{round}");
+        until_flowing(&url, &mut clients[0], &tag).await?;
+        let flowing_after = back.elapsed();
+        assert!(server.is_running());
+        eprintln!("round {round}: messages flowing {flowing_after:?} after Postgres came back");
+        // Every client, not just the probe's, is still connected and receiving.
+        let sql = connect(&url).await?;
+        notify(&sql, &format!("acme,{{\"all\":{round}}}")).await?;
+        for c in clients.iter_mut() {
+            // Skip the probes this client also received.
+            let frame = loop {
+                let frame: serde_json::Value = serde_json::from_str(&c.recv_text().await?)?;
+                if frame.get("probe").is_none() {
+                    break frame;
+                }
+            };
+            assert_eq!(frame, serde_json::json!({ "all": round }));
+        }
+    }
+    let reconnects = server.metric("pgws_listener_reconnects_total", &[]).await?;
+    assert!(reconnects >= 5.0, "reconnects counted: {reconnects}");
+    Ok(())
+}
+
+/// `pg_terminate_backend` on the listener's connection: the listener reconnects, clients stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn survives_terminated_listener_backend() -> anyhow::Result<()> {
+    let url = PgCluster::shared().fresh_database().await?;
+    let mut args = DEV.to_vec();
+    args.extend(["--reconnect-min-ms", "50", "--reconnect-max-ms", "500"]);
+    let mut server = Server::start(&url, &args).await?;
+    let mut client = Client::connect(&server.ws_url("?tenant=acme")).await?;
+    let sql = connect(&url).await?;
+    for round in 0..3 {
+        let killed = sql
+            .query_one(
+                "select count(pg_terminate_backend(pid)) from pg_stat_activity \
+                 where application_name = 'pgws-listener' and datname = current_database()",
+                &[],
+            )
+            .await?
+            .get::<_, i64>(0);
+        assert_eq!(killed, 1, "exactly one listener connection");
+        until_flowing(&url, &mut client, &format!("kill{round}")).await?;
+    }
+    assert!(server.is_running());
+    server
+        .wait_log(&["lost the LISTEN connection"], Duration::from_secs(1))
+        .await?;
+    Ok(())
+}
+
+/// A client that never reads is closed once its queue is full, while 100 others get every message.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_client_is_closed_others_unaffected() -> anyhow::Result<()> {
+    const READERS: usize = 100;
+    const MESSAGES: usize = 1500;
+    const BATCH: usize = 50;
+    let url = PgCluster::shared().fresh_database().await?;
+    let mut args = DEV.to_vec();
+    args.extend(["--session-queue", "256"]);
+    let server = Server::start(&url, &args).await?;
+
+    // The slow client: a tiny receive buffer, and it never reads. Its socket fills, then its queue.
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let stream = socket.connect(server.addr).await?;
+    let (mut slow, _) =
+        tokio_tungstenite::client_async(server.ws_url("?tenant=acme"), stream).await?;
+
+    // The others read everything and report progress, so the producer never runs a whole queue ahead
+    // of them: this test is about one slow client, not about how fast 100 readers are on 2 cores.
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        let mut c = Client::connect(&server.ws_url("?tenant=acme")).await?;
+        let progress = progress.clone();
+        readers.push(tokio::spawn(async move {
+            for i in 0..MESSAGES {
+                let text = c.recv_text().await?;
+                anyhow::ensure!(
+                    text.starts_with(&format!("{{\"i\":{i},")),
+                    "expected {i}, got {text:.40}"
+                );
+                progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(c)
+        }));
+    }
+    let sql = connect(&url).await?;
+    let pad = "z".repeat(6000);
+    for chunk in 0..(MESSAGES / BATCH) {
+        let mut batch = String::new();
+        for k in 0..BATCH {
+            let i = chunk * BATCH + k;
+            batch.push_str(&format!(
+                "select pg_notify('pgwebsocket', 'acme,{{\"i\":{i},\"pad\":\"{pad}\"}}');"
+            ));
+        }
+        sql.batch_execute(&batch).await?;
+        let want = (chunk + 1) * BATCH * READERS;
+        let deadline = Instant::now() + PATIENCE;
+        while progress.load(std::sync::atomic::Ordering::Relaxed) < want {
+            anyhow::ensure!(Instant::now() < deadline, "readers stalled");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let mut still_open = Vec::new();
+    for r in readers {
+        still_open.push(r.await??);
+    }
+    assert_eq!(
+        server.metric("pgws_queue_overflows_total", &[]).await?,
+        1.0,
+        "only the slow client"
+    );
+    assert_eq!(
+        server
+            .metric("pgws_sessions_closed_total", &[("reason", "too_slow")])
+            .await?,
+        1.0
+    );
+    // When the slow client finally reads, the stream ends: a 1013 close if it got through, or a
+    // reset, since the server cannot queue a close frame behind a full socket for ever.
+    let ended = tokio::time::timeout(PATIENCE, async {
+        while let Some(msg) = slow.next().await {
+            match msg {
+                Ok(tokio_tungstenite::tungstenite::Message::Close(frame)) => {
+                    return frame.map(|f| u16::from(f.code));
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await?;
+    assert!(matches!(ended, None | Some(1013)), "closed with {ended:?}");
+    assert_eq!(
+        server
+            .metric("pgws_connections", &[("tenant", "acme")])
+            .await?,
+        READERS as f64
+    );
+    Ok(())
+}
+
+/// Garbage bytes, oversized frames, a handshake that never completes and 1,000 connects that drop at
+/// once leave the server healthy with no leaked sessions.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_sockets_leave_no_trace() -> anyhow::Result<()> {
+    let url = PgCluster::shared().fresh_database().await?;
+    let mut args = DEV.to_vec();
+    args.extend(["--max-client-message", "1024"]);
+    let server = Server::start(&url, &args).await?;
+
+    // Garbage instead of HTTP.
+    let mut raw = tokio::net::TcpStream::connect(server.addr).await?;
+    raw.write_all(b"\x00\xff\x16\x03garbage\r\n\r\n").await?;
+    // A handshake that never completes.
+    let mut stalled = tokio::net::TcpStream::connect(server.addr).await?;
+    stalled
+        .write_all(b"GET /ws?tenant=acme HTTP/1.1\r\nHost: x\r\n")
+        .await?;
+    // A connected client that sends an oversized message and garbage frames.
+    let mut big = Client::connect(&server.ws_url("?tenant=acme")).await?;
+    big.send_text(&"x".repeat(4096)).await?;
+    let code = big.recv_close().await?;
+    assert!(
+        matches!(code, None | Some(1009)),
+        "oversized message closes with 1009: {code:?}"
+    );
+    let mut garbage = Client::connect(&server.ws_url("?tenant=acme")).await?;
+    garbage
+        .inner()
+        .get_mut()
+        .write_all(b"\x8f\xff\xff\xff\xff\xff\xff\xff\xff\xff")
+        .await
+        .ok();
+    // 1,000 connects that drop instantly, half after a completed upgrade.
+    for i in 0..1000 {
+        if i % 2 == 0 {
+            drop(tokio::net::TcpStream::connect(server.addr).await?);
+        } else {
+            drop(Client::connect(&server.ws_url("?tenant=acme")).await?);
+        }
+    }
+    drop(garbage);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let open = server
+            .metric("pgws_connections", &[("tenant", "acme")])
+            .await?;
+        if open == 0.0 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{open} sessions leaked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Still healthy and delivering.
+    assert_eq!(server.get("/healthz").await?.0, 200);
+    let mut fresh = Client::connect(&server.ws_url("?tenant=acme")).await?;
+    let sql = connect(&url).await?;
+    notify(&sql, "acme,{\"ok\":true}").await?;
+    assert_eq!(fresh.recv_text().await?, "{\"ok\":true}");
+    drop(stalled);
+    Ok(())
+}
+
+/// SIGTERM with 500 open sessions: every client gets 1001 and the process exits 0 within 5 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_closes_sessions_with_1001() -> anyhow::Result<()> {
+    let url = PgCluster::shared().fresh_database().await?;
+    let mut server = Server::start(&url, DEV).await?;
+    let mut clients = Vec::new();
+    for _ in 0..500 {
+        clients.push(Client::connect(&server.ws_url("?tenant=acme")).await?);
+    }
+    let started = Instant::now();
+    server.terminate()?;
+    let waits: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| tokio::spawn(async move { c.recv_close().await }))
+        .collect();
+    for w in waits {
+        assert_eq!(w.await??, Some(1001));
+    }
+    assert_eq!(server.wait_exit(Duration::from_secs(5)).await?, Some(0));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    Ok(())
+}
