@@ -2,22 +2,25 @@
 //!
 //! Owns the guest worker threads. Each tenant is pinned to one worker (by hash), so its messages are
 //! handled one at a time in the order Postgres delivered them, and each worker owns its tenants' warm
-//! instances without locks. A guest runs once per message per tenant, never per client. This module
-//! applies the failure policy (fail closed by default, isolate a guest that keeps failing); it does not
-//! know about sockets or subscribers beyond [`Hub::publish`].
+//! instances without locks. A guest runs once per message per tenant, never per client. Sessions reach
+//! the same workers (through [`Workers`]) for the guest's client-message and authorize hooks, so every
+//! call into a tenant's guest happens on one thread. This module applies the failure policy (fail
+//! closed by default, isolate a guest that keeps failing); it does not know about sockets or
+//! subscribers beyond [`Hub::publish`].
 
-use std::collections::hash_map::{DefaultHasher, Entry};
+use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::FailurePolicy;
 use crate::envelope::{Envelope, JsonBody, TenantId, Topic};
 use crate::guest::{
-    CallFailure, GuestInstance, GuestModule, GuestRegistry, NotificationRef, Verdict,
+    Authorization, CallFailure, ClientMessageRef, ClientVerdict, ConnectionRef, GuestInstance,
+    GuestModule, GuestRegistry, GuestRuntime, NotificationRef, Verdict,
 };
 use crate::hub::{Delivery, Hub};
 use crate::listener::ListenerEvent;
@@ -37,61 +40,148 @@ pub struct FailureRules {
     pub isolation: Duration,
 }
 
-struct Job {
+/// A notification on its way through a worker.
+struct Notify {
     envelope: Envelope,
     channel: Arc<str>,
     received: Instant,
 }
 
-/// Starts the workers and the dispatcher; returns when `events` closes and every worker has finished.
-pub async fn run(
-    mut events: mpsc::Receiver<ListenerEvent>,
-    registry: Option<Arc<GuestRegistry>>,
-    hub: Arc<Hub>,
-    rules: FailureRules,
-    threads: usize,
-) {
-    let mut shards = Vec::with_capacity(threads);
-    let mut handles = Vec::with_capacity(threads);
-    for i in 0..threads.max(1) {
-        let (tx, rx) = mpsc::channel::<Job>(WORKER_QUEUE);
-        let worker = Worker {
-            jobs: rx,
-            registry: registry.clone(),
-            hub: hub.clone(),
-            rules: rules.clone(),
-            tenants: HashMap::new(),
-        };
-        let spawned = std::thread::Builder::new()
-            .name(format!("pgws-guest-{i}"))
-            .spawn(move || worker.run());
-        match spawned {
-            Ok(handle) => {
-                shards.push(tx);
-                handles.push(handle);
-            }
-            Err(e) => tracing::error!(error = %e, "could not start a guest worker thread"),
+/// Work for a guest worker. Every variant concerns one tenant, which picks the worker.
+enum Job {
+    Notify(Notify),
+    ClientMessage {
+        tenant: TenantId,
+        topic: Option<Topic>,
+        body: JsonBody,
+        reply: oneshot::Sender<ClientOutcome>,
+    },
+    Authorize {
+        tenant: TenantId,
+        topics: Vec<String>,
+        can_publish: bool,
+        claims: String,
+        reply: oneshot::Sender<Authorization>,
+    },
+}
+
+impl Job {
+    fn tenant(&self) -> &TenantId {
+        match self {
+            Job::Notify(n) => &n.envelope.tenant,
+            Job::ClientMessage { tenant, .. } | Job::Authorize { tenant, .. } => tenant,
         }
     }
-    if shards.is_empty() {
-        tracing::error!("no guest worker could start; no message will be delivered");
-        return;
+}
+
+/// What becomes of a message a client published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientOutcome {
+    /// Send this body to Postgres (the original, or the guest's replacement).
+    Accept(JsonBody),
+    /// Refused, with a reason for the client.
+    Reject(String),
+}
+
+/// Handle on the guest workers, for the dispatcher and for sessions.
+#[derive(Clone)]
+pub struct Workers {
+    shards: Arc<[mpsc::Sender<Job>]>,
+}
+
+impl Workers {
+    /// Starts `threads` workers. They stop when the last handle is dropped.
+    pub fn start(
+        registry: Option<Arc<GuestRegistry>>,
+        hub: Arc<Hub>,
+        rules: FailureRules,
+        threads: usize,
+    ) -> std::io::Result<Workers> {
+        let mut shards = Vec::with_capacity(threads.max(1));
+        for i in 0..threads.max(1) {
+            let (tx, rx) = mpsc::channel::<Job>(WORKER_QUEUE);
+            let worker = Worker {
+                jobs: rx,
+                registry: registry.clone(),
+                hub: hub.clone(),
+                rules: rules.clone(),
+                tenants: HashMap::new(),
+            };
+            std::thread::Builder::new()
+                .name(format!("pgws-guest-{i}"))
+                .spawn(move || worker.run())?;
+            shards.push(tx);
+        }
+        Ok(Workers {
+            shards: shards.into(),
+        })
     }
 
+    async fn send(&self, job: Job) -> bool {
+        let shard = &self.shards[shard_of(job.tenant(), self.shards.len())];
+        shard.send(job).await.is_ok()
+    }
+
+    /// Runs a client's message through its tenant's guest (if it has a client-message hook).
+    pub async fn client_message(
+        &self,
+        tenant: &TenantId,
+        topic: Option<Topic>,
+        body: JsonBody,
+    ) -> ClientOutcome {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::ClientMessage {
+            tenant: tenant.clone(),
+            topic,
+            body,
+            reply,
+        };
+        let gone = || ClientOutcome::Reject("server is shutting down".into());
+        if !self.send(job).await {
+            return gone();
+        }
+        answer.await.unwrap_or_else(|_| gone())
+    }
+
+    /// Asks the tenant's guest (if it has an authorize hook) whether a connection may proceed.
+    pub async fn authorize(
+        &self,
+        tenant: &TenantId,
+        topics: Vec<String>,
+        can_publish: bool,
+        claims: String,
+    ) -> Authorization {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Authorize {
+            tenant: tenant.clone(),
+            topics,
+            can_publish,
+            claims,
+            reply,
+        };
+        let gone = || Authorization::Deny("server is shutting down".into());
+        if !self.send(job).await {
+            return gone();
+        }
+        answer.await.unwrap_or_else(|_| gone())
+    }
+}
+
+/// Feeds listener events to the workers until `events` closes.
+pub async fn run(mut events: mpsc::Receiver<ListenerEvent>, workers: Workers, hub: Arc<Hub>) {
     while let Some(event) = events.recv().await {
         match event {
             ListenerEvent::Notification { channel, payload } => {
                 let received = Instant::now();
                 match Envelope::parse(&payload) {
                     Ok(envelope) => {
-                        let shard = &shards[shard_of(&envelope.tenant, shards.len())];
-                        let job = Job {
+                        let job = Job::Notify(Notify {
                             envelope,
                             channel,
                             received,
-                        };
-                        if shard.send(job).await.is_err() {
-                            tracing::error!("a guest worker stopped; shutting the pipeline down");
+                        });
+                        if !workers.send(job).await {
+                            tracing::error!("guest workers stopped; shutting the pipeline down");
                             break;
                         }
                     }
@@ -111,10 +201,6 @@ pub async fn run(
             ListenerEvent::Gap => hub.gap(),
         }
     }
-    drop(shards);
-    for handle in handles {
-        let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-    }
 }
 
 fn shard_of(tenant: &TenantId, shards: usize) -> usize {
@@ -133,18 +219,101 @@ fn preview(payload: &str) -> &str {
 }
 
 /// A guest worker's memory of one tenant.
+#[derive(Default)]
 struct TenantSlot {
-    /// Next sequence number for this tenant's deliveries.
+    /// Last sequence number given to this tenant's deliveries.
     seq: u64,
     guest: Option<GuestSlot>,
 }
 
+/// One tenant's guest as seen by its worker: the module, a warm instance, and its failure record.
 struct GuestSlot {
     module: Arc<GuestModule>,
     /// `None` after a failure that leaves the instance unusable; rebuilt on the next call.
     instance: Option<GuestInstance>,
     failures: u32,
     isolated_until: Option<Instant>,
+}
+
+/// A guest call that produced nothing usable; its message follows the failure policy.
+struct Failed {
+    kind: &'static str,
+    detail: String,
+}
+
+impl GuestSlot {
+    fn new(module: Arc<GuestModule>) -> Self {
+        GuestSlot {
+            module,
+            instance: None,
+            failures: 0,
+            isolated_until: None,
+        }
+    }
+
+    /// Runs `call` on a warm instance, with the isolation rule, failure accounting and logging that
+    /// every hook shares.
+    fn call<R>(
+        &mut self,
+        runtime: &GuestRuntime,
+        rules: &FailureRules,
+        tenant: &TenantId,
+        call: impl FnOnce(&mut GuestInstance, &GuestRuntime) -> Result<R, CallFailure>,
+    ) -> Result<R, Failed> {
+        if let Some(until) = self.isolated_until {
+            if Instant::now() < until {
+                return Err(Failed {
+                    kind: "guest_isolated",
+                    detail: "guest is isolated after repeated failures".into(),
+                });
+            }
+            self.isolated_until = None;
+            self.failures = 0;
+            tracing::info!(%tenant, "isolation over; trying the guest again");
+        }
+        let started = Instant::now();
+        let result = match &mut self.instance {
+            Some(instance) => call(instance, runtime),
+            None => match GuestInstance::new(runtime, &self.module, tenant.as_str()) {
+                Ok(instance) => call(self.instance.insert(instance), runtime),
+                Err(e) => Err(CallFailure::Instantiate(format!("{e:#}"))),
+            },
+        };
+        metrics::histogram!(m::GUEST_CALL_SECONDS).record(started.elapsed().as_secs_f64());
+        let failure = match result {
+            Ok(r) => {
+                self.failures = 0;
+                return Ok(r);
+            }
+            Err(failure) => failure,
+        };
+        if failure.poisons_instance() {
+            self.instance = None;
+        }
+        self.failures += 1;
+        metrics::counter!(m::GUEST_FAILURES, "tenant" => tenant.to_string(), "kind" => failure.kind())
+            .increment(1);
+        tracing::error!(
+            %tenant,
+            version = %self.module.version,
+            kind = failure.kind(),
+            error = %failure,
+            "guest call failed"
+        );
+        if self.failures >= rules.max_failures {
+            self.isolated_until = Some(Instant::now() + rules.isolation);
+            tracing::error!(
+                %tenant,
+                failures = self.failures,
+                isolation = ?rules.isolation,
+                "guest isolated after repeated failures"
+            );
+        }
+        Err(Failed {
+            kind: failure.kind(),
+            detail: failure.to_string(),
+        })
+    }
 }
 
 struct Worker {
@@ -155,7 +324,7 @@ struct Worker {
     tenants: HashMap<TenantId, TenantSlot>,
 }
 
-/// What the guest step produced.
+/// What the notify step produced.
 enum Outcome {
     Deliver(Vec<(Option<Topic>, JsonBody)>),
     Dropped,
@@ -170,175 +339,157 @@ impl Worker {
     }
 
     fn handle(&mut self, job: Job) {
-        let tenant = job.envelope.tenant.clone();
+        let tenant = job.tenant().clone();
         let module = self.registry.as_ref().and_then(|r| r.lookup(&tenant));
-        let slot = match self.tenants.entry(tenant.clone()) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(TenantSlot {
-                seq: 0,
-                guest: None,
-            }),
+        let slot = self.tenants.entry(tenant.clone()).or_default();
+        // The registry is the truth: a slot whose module was replaced or removed starts afresh, so
+        // the next message after a swap runs on the new module.
+        let guest = match (module, &mut slot.guest) {
+            (None, g) => {
+                *g = None;
+                None
+            }
+            (Some(module), Some(g)) if Arc::ptr_eq(&g.module, &module) => Some(g),
+            (Some(module), g) => Some(g.insert(GuestSlot::new(module))),
         };
-        let outcome = match module {
-            None => {
-                slot.guest = None;
-                Outcome::Deliver(vec![(
-                    job.envelope.topic.clone(),
-                    job.envelope.body.clone(),
-                )])
+        let guest = guest.zip(self.registry.as_deref().map(GuestRegistry::runtime));
+        let rules = &self.rules;
+        match job {
+            Job::Notify(n) => {
+                let outcome = match guest {
+                    None => Outcome::Deliver(vec![original(&n)]),
+                    Some((g, runtime)) => {
+                        let call = g.call(runtime, rules, &tenant, |i, r| {
+                            i.on_notify(r, &notification(&n))
+                        });
+                        match call {
+                            Ok(verdict) => {
+                                let outcome = apply(verdict, &n);
+                                let label = match &outcome {
+                                    Outcome::Deliver(_) => "delivered",
+                                    Outcome::Dropped => "dropped",
+                                    Outcome::Rejected(..) => "rejected",
+                                };
+                                metrics::counter!(m::GUEST_CALLS, "tenant" => tenant.to_string(), "outcome" => label)
+                                    .increment(1);
+                                outcome
+                            }
+                            Err(f) => match rules.policy {
+                                FailurePolicy::Closed => Outcome::Rejected(f.kind, f.detail),
+                                FailurePolicy::Open => Outcome::Deliver(vec![original(&n)]),
+                            },
+                        }
+                    }
+                };
+                finish(&self.hub, &mut slot.seq, &tenant, &n, outcome);
             }
-            Some(module) => {
-                let registry = self.registry.as_deref();
-                run_guest(slot, module, registry, &self.rules, &job)
+            Job::ClientMessage {
+                topic, body, reply, ..
+            } => {
+                let outcome = match guest {
+                    Some((g, runtime)) if g.module.has_client_handler() => {
+                        let message = ClientMessageRef {
+                            tenant: tenant.as_str(),
+                            topic: topic.as_ref().map(Topic::as_str),
+                            body: body.as_str(),
+                        };
+                        match g.call(runtime, rules, &tenant, |i, r| {
+                            i.on_client_message(r, &message)
+                        }) {
+                            Ok(ClientVerdict::Accept) => ClientOutcome::Accept(body),
+                            Ok(ClientVerdict::Replace(b)) => match JsonBody::from_string(b) {
+                                Ok(b) => ClientOutcome::Accept(b),
+                                Err(e) => ClientOutcome::Reject(format!(
+                                    "guest produced invalid JSON: {e}"
+                                )),
+                            },
+                            Ok(ClientVerdict::Reject(reason)) => ClientOutcome::Reject(reason),
+                            // Client messages always fail closed: nothing unchecked reaches Postgres.
+                            Err(f) => ClientOutcome::Reject(format!("guest failed ({})", f.kind)),
+                        }
+                    }
+                    _ => ClientOutcome::Accept(body),
+                };
+                let _ = reply.send(outcome);
             }
-        };
-        match outcome {
-            Outcome::Deliver(messages) => {
-                for (topic, body) in messages {
-                    slot.seq += 1;
-                    let delivery = Delivery {
-                        tenant: tenant.clone(),
-                        topic,
-                        seq: slot.seq,
-                        channel: job.channel.clone(),
-                        body,
-                    };
-                    self.hub.publish(&delivery);
-                }
-                metrics::counter!(m::MESSAGES_PUBLISHED).increment(1);
-                metrics::histogram!(m::LISTENER_LAG).record(job.received.elapsed().as_secs_f64());
-            }
-            Outcome::Dropped => {
-                metrics::counter!(m::MESSAGES_DROPPED, "tenant" => tenant.to_string()).increment(1);
-            }
-            Outcome::Rejected(reason, detail) => {
-                metrics::counter!(m::NOTIFICATIONS_REJECTED, "reason" => reason).increment(1);
-                tracing::warn!(%tenant, reason, detail = %detail, "message rejected");
+            Job::Authorize {
+                topics,
+                can_publish,
+                claims,
+                reply,
+                ..
+            } => {
+                let answer = match guest {
+                    Some((g, runtime)) if g.module.has_authorizer() => {
+                        let connection = ConnectionRef {
+                            tenant: tenant.as_str(),
+                            topics,
+                            can_publish,
+                            claims: &claims,
+                        };
+                        g.call(runtime, rules, &tenant, |i, r| i.authorize(r, &connection))
+                            .unwrap_or_else(|f| {
+                                Authorization::Deny(format!("guest failed ({})", f.kind))
+                            })
+                    }
+                    _ => Authorization::Allow,
+                };
+                let _ = reply.send(answer);
             }
         }
     }
 }
 
-fn run_guest(
-    slot: &mut TenantSlot,
-    module: Arc<GuestModule>,
-    registry: Option<&GuestRegistry>,
-    rules: &FailureRules,
-    job: &Job,
-) -> Outcome {
-    let Some(registry) = registry else {
-        return Outcome::Rejected("guest_missing", "no guest registry".into());
-    };
-    let tenant = &job.envelope.tenant;
-    let guest = match &mut slot.guest {
-        Some(g) if Arc::ptr_eq(&g.module, &module) => g,
-        other => other.insert(GuestSlot {
-            module,
-            instance: None,
-            failures: 0,
-            isolated_until: None,
-        }),
-    };
-    if let Some(until) = guest.isolated_until {
-        if Instant::now() < until {
-            return fail(
-                rules,
-                job,
-                "guest_isolated",
-                "guest is isolated after repeated failures".into(),
-            );
+/// Publishes or counts the outcome of one notification.
+fn finish(hub: &Hub, seq: &mut u64, tenant: &TenantId, n: &Notify, outcome: Outcome) {
+    match outcome {
+        Outcome::Deliver(messages) => {
+            for (topic, body) in messages {
+                *seq += 1;
+                let delivery = Delivery {
+                    tenant: tenant.clone(),
+                    topic,
+                    seq: *seq,
+                    channel: n.channel.clone(),
+                    body,
+                };
+                hub.publish(&delivery);
+            }
+            metrics::counter!(m::MESSAGES_PUBLISHED).increment(1);
+            metrics::histogram!(m::LISTENER_LAG).record(n.received.elapsed().as_secs_f64());
         }
-        guest.isolated_until = None;
-        guest.failures = 0;
-        tracing::info!(%tenant, "isolation over; trying the guest again");
+        Outcome::Dropped => {
+            metrics::counter!(m::MESSAGES_DROPPED, "tenant" => tenant.to_string()).increment(1);
+        }
+        Outcome::Rejected(reason, detail) => {
+            metrics::counter!(m::NOTIFICATIONS_REJECTED, "reason" => reason).increment(1);
+            tracing::warn!(%tenant, reason, detail = %detail, "message rejected");
+        }
     }
-    let runtime = registry.runtime();
-    let started = Instant::now();
-    let result = match &mut guest.instance {
-        Some(instance) => call(instance, runtime, job),
-        None => match GuestInstance::new(runtime, &guest.module, tenant.as_str()) {
-            Ok(instance) => call(guest.instance.insert(instance), runtime, job),
-            Err(e) => Err(CallFailure::Instantiate(format!("{e:#}"))),
-        },
-    };
-    metrics::histogram!(m::GUEST_CALL_SECONDS).record(started.elapsed().as_secs_f64());
-    let verdict = match result {
-        Ok(v) => {
-            guest.failures = 0;
-            v
-        }
-        Err(failure) => {
-            if failure.poisons_instance() {
-                guest.instance = None;
-            }
-            guest.failures += 1;
-            metrics::counter!(m::GUEST_FAILURES, "tenant" => tenant.to_string(), "kind" => failure.kind())
-                .increment(1);
-            tracing::error!(
-                %tenant,
-                version = %guest.module.version,
-                kind = failure.kind(),
-                error = %failure,
-                "guest call failed"
-            );
-            if guest.failures >= rules.max_failures {
-                guest.isolated_until = Some(Instant::now() + rules.isolation);
-                tracing::error!(
-                    %tenant,
-                    failures = guest.failures,
-                    isolation = ?rules.isolation,
-                    "guest isolated after repeated failures"
-                );
-            }
-            return fail(rules, job, failure.kind(), failure.to_string());
-        }
-    };
-    let outcome = apply(verdict, job);
-    let label = match &outcome {
-        Outcome::Deliver(_) => "delivered",
-        Outcome::Dropped => "dropped",
-        Outcome::Rejected(..) => "rejected",
-    };
-    metrics::counter!(m::GUEST_CALLS, "tenant" => tenant.to_string(), "outcome" => label)
-        .increment(1);
-    outcome
 }
 
-fn call(
-    instance: &mut GuestInstance,
-    runtime: &crate::guest::GuestRuntime,
-    job: &Job,
-) -> Result<Verdict, CallFailure> {
-    let e = &job.envelope;
-    let n = NotificationRef {
+fn original(n: &Notify) -> (Option<Topic>, JsonBody) {
+    (n.envelope.topic.clone(), n.envelope.body.clone())
+}
+
+fn notification(n: &Notify) -> NotificationRef<'_> {
+    let e = &n.envelope;
+    NotificationRef {
         tenant: e.tenant.as_str(),
         topic: e.topic.as_ref().map(Topic::as_str),
-        channel: &job.channel,
+        channel: &n.channel,
         body: e.body.as_str(),
-    };
-    instance.on_notify(runtime, &n)
-}
-
-/// What a failed call means for its message, per the failure policy.
-fn fail(rules: &FailureRules, job: &Job, reason: &'static str, detail: String) -> Outcome {
-    match rules.policy {
-        FailurePolicy::Closed => Outcome::Rejected(reason, detail),
-        FailurePolicy::Open => Outcome::Deliver(vec![(
-            job.envelope.topic.clone(),
-            job.envelope.body.clone(),
-        )]),
     }
 }
 
 /// Turns a verdict into deliveries, checking every topic name and body the guest produced.
-fn apply(verdict: Verdict, job: &Job) -> Outcome {
-    let original = || (job.envelope.topic.clone(), job.envelope.body.clone());
+fn apply(verdict: Verdict, n: &Notify) -> Outcome {
     match verdict {
-        Verdict::Forward => Outcome::Deliver(vec![original()]),
+        Verdict::Forward => Outcome::Deliver(vec![original(n)]),
         Verdict::Drop => Outcome::Dropped,
         Verdict::Reject(reason) => Outcome::Rejected("guest_rejected", reason),
         Verdict::Replace(body) => match JsonBody::from_string(body) {
-            Ok(body) => Outcome::Deliver(vec![(job.envelope.topic.clone(), body)]),
+            Ok(body) => Outcome::Deliver(vec![(n.envelope.topic.clone(), body)]),
             Err(e) => Outcome::Rejected("guest_invalid_output", e.to_string()),
         },
         Verdict::Route(routes) => {
@@ -354,7 +505,7 @@ fn apply(verdict: Verdict, job: &Job) -> Outcome {
                     }
                 };
                 let body = match body {
-                    None => job.envelope.body.clone(),
+                    None => n.envelope.body.clone(),
                     Some(b) => match JsonBody::from_string(b) {
                         Ok(b) => b,
                         Err(e) => return Outcome::Rejected("guest_invalid_output", e.to_string()),

@@ -30,7 +30,7 @@ use crate::guest::{GuestLimits, GuestRegistry, GuestRuntime};
 use crate::hub::{Hub, TopicFilter};
 use crate::listener::{self, ListenerConfig, Readiness};
 use crate::metrics as m;
-use crate::pipeline::{self, FailureRules};
+use crate::pipeline::{self, FailureRules, Workers};
 use crate::session::{self, SessionConfig};
 
 /// Events buffered between the LISTEN connection and the pipeline.
@@ -101,8 +101,7 @@ pub async fn run(
         readiness.clone(),
         shutdown.clone(),
     ));
-    let pipeline_task = tokio::spawn(pipeline::run(
-        events_rx,
+    let workers = Workers::start(
         registry,
         hub.clone(),
         FailureRules {
@@ -111,7 +110,9 @@ pub async fn run(
             isolation: Duration::from_secs(config.guest_isolation_secs),
         },
         config.guest_threads(),
-    ));
+    )
+    .context("starting guest worker threads")?;
+    let pipeline_task = tokio::spawn(pipeline::run(events_rx, workers.clone(), hub.clone()));
 
     let sessions = TaskTracker::new();
     let state = AppState {

@@ -9,7 +9,10 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{Filter, LogHost, LogLevel, NotificationRef, Verdict};
+use super::bindings::{
+    Authorization, AuthorizerExport, ClientHandlerExport, ClientMessageRef, ClientVerdict,
+    ConnectionRef, HandlerExport, LogHost, LogLevel, NotificationRef, Verdict,
+};
 use super::runtime::{GuestModule, GuestRuntime};
 
 /// Log lines one call may write; more are counted and dropped so a chatty guest cannot flood the log.
@@ -76,6 +79,8 @@ pub enum CallFailure {
     TooManyRoutes { count: usize, max: usize },
     #[error("could not instantiate guest: {0}")]
     Instantiate(String),
+    #[error("guest does not export `{0}`")]
+    NotExported(&'static str),
 }
 
 impl CallFailure {
@@ -87,6 +92,7 @@ impl CallFailure {
             CallFailure::OutputTooLarge { .. } => "output_too_large",
             CallFailure::TooManyRoutes { .. } => "too_many_routes",
             CallFailure::Instantiate(_) => "instantiate",
+            CallFailure::NotExported(_) => "not_exported",
         }
     }
 
@@ -94,7 +100,9 @@ impl CallFailure {
     pub fn poisons_instance(&self) -> bool {
         !matches!(
             self,
-            CallFailure::OutputTooLarge { .. } | CallFailure::TooManyRoutes { .. }
+            CallFailure::OutputTooLarge { .. }
+                | CallFailure::TooManyRoutes { .. }
+                | CallFailure::NotExported(_)
         )
     }
 }
@@ -102,7 +110,9 @@ impl CallFailure {
 /// A live instance of one guest module, reused call after call.
 pub struct GuestInstance {
     store: Store<GuestState>,
-    filter: Filter,
+    handler: HandlerExport,
+    client_handler: Option<ClientHandlerExport>,
+    authorizer: Option<AuthorizerExport>,
     deadline_ticks: u64,
 }
 
@@ -134,12 +144,84 @@ impl GuestInstance {
         store.limiter(|s| &mut s.limits);
         let deadline_ticks = runtime.deadline_ticks();
         store.set_epoch_deadline(deadline_ticks);
-        let filter = module.pre.instantiate(&mut store)?;
+        let instance = module.pre.instantiate(&mut store)?;
+        let handler = module.handler.load(&mut store, &instance)?;
+        let client_handler = match &module.client_handler {
+            Some(indices) => Some(indices.load(&mut store, &instance)?),
+            None => None,
+        };
+        let authorizer = match &module.authorizer {
+            Some(indices) => Some(indices.load(&mut store, &instance)?),
+            None => None,
+        };
         Ok(GuestInstance {
             store,
-            filter,
+            handler,
+            client_handler,
+            authorizer,
             deadline_ticks,
         })
+    }
+
+    /// Whether the guest exports `on-client-message`.
+    pub fn has_client_handler(&self) -> bool {
+        self.client_handler.is_some()
+    }
+
+    /// Whether the guest exports `authorize`.
+    pub fn has_authorizer(&self) -> bool {
+        self.authorizer.is_some()
+    }
+
+    /// Arms the deadline and the log budget for one call.
+    fn arm(&mut self) {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.store.data_mut().log_budget = LOG_LINES_PER_CALL;
+    }
+
+    /// Calls `on-client-message` and checks the output cap.
+    pub fn on_client_message(
+        &mut self,
+        runtime: &GuestRuntime,
+        m: &ClientMessageRef<'_>,
+    ) -> Result<ClientVerdict, CallFailure> {
+        self.arm();
+        let export = self
+            .client_handler
+            .as_ref()
+            .ok_or(CallFailure::NotExported("on-client-message"))?;
+        let verdict: ClientVerdict = export
+            .call_on_client_message(&mut self.store, &m.to_wit())
+            .map_err(|e| classify(e, runtime))?
+            .into();
+        let size = match &verdict {
+            ClientVerdict::Replace(b) | ClientVerdict::Reject(b) => b.len(),
+            ClientVerdict::Accept => 0,
+        };
+        if size > runtime.limits.max_output {
+            return Err(CallFailure::OutputTooLarge {
+                size,
+                max: runtime.limits.max_output,
+            });
+        }
+        Ok(verdict)
+    }
+
+    /// Calls `authorize`.
+    pub fn authorize(
+        &mut self,
+        runtime: &GuestRuntime,
+        c: &ConnectionRef<'_>,
+    ) -> Result<Authorization, CallFailure> {
+        self.arm();
+        let export = self
+            .authorizer
+            .as_ref()
+            .ok_or(CallFailure::NotExported("authorize"))?;
+        let answer = export
+            .call_authorize(&mut self.store, &c.to_wit())
+            .map_err(|e| classify(e, runtime))?;
+        Ok(answer.into())
     }
 
     /// Calls `on-notify` and checks the verdict against the output caps.
@@ -148,11 +230,9 @@ impl GuestInstance {
         runtime: &GuestRuntime,
         n: &NotificationRef<'_>,
     ) -> Result<Verdict, CallFailure> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
-        self.store.data_mut().log_budget = LOG_LINES_PER_CALL;
+        self.arm();
         let verdict = self
-            .filter
-            .pgws_guest_handler()
+            .handler
             .call_on_notify(&mut self.store, &n.to_wit())
             .map_err(|e| classify(e, runtime))?;
         check_output(Verdict::from(verdict), &runtime.limits)

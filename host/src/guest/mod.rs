@@ -12,7 +12,9 @@ mod instance;
 mod registry;
 mod runtime;
 
-pub use bindings::{NotificationRef, Verdict};
+pub use bindings::{
+    Authorization, ClientMessageRef, ClientVerdict, ConnectionRef, NotificationRef, Verdict,
+};
 pub use instance::{CallFailure, GuestInstance};
 pub use registry::{GuestRegistry, GuestTarget, DEFAULT_GUEST};
 pub use runtime::{GuestLimits, GuestModule, GuestRuntime, LoadError};

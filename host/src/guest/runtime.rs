@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Cache, CacheConfig, Config, Engine};
 
-use super::bindings::{Filter, FilterPre};
+use super::bindings::{AuthorizerIndices, ClientHandlerIndices, Gatekeeper, HandlerIndices};
 use super::instance::GuestState;
 
 /// How often the epoch clock ticks. Deadlines are whole ticks, so this is their resolution.
@@ -48,7 +48,7 @@ impl Default for GuestLimits {
 pub enum LoadError {
     #[error("not a WebAssembly component: {0:#}")]
     Compile(wasmtime::Error),
-    #[error("does not fit the pgws:guest/filter world: {0:#}")]
+    #[error("does not fit the pgws:guest/filter world (or one that includes it): {0:#}")]
     WrongWorld(wasmtime::Error),
     #[error("failed to instantiate: {0:#}")]
     Instantiate(wasmtime::Error),
@@ -61,12 +61,29 @@ pub enum LoadError {
 
 /// A compiled, type-checked guest, ready to instantiate. Shared by every worker that runs it.
 pub struct GuestModule {
-    pub(super) pre: FilterPre<GuestState>,
+    pub(super) pre: InstancePre<GuestState>,
+    pub(super) handler: HandlerIndices,
+    /// Present when the guest exports `client-handler`.
+    pub(super) client_handler: Option<ClientHandlerIndices>,
+    /// Present when the guest exports `authorizer`.
+    pub(super) authorizer: Option<AuthorizerIndices>,
     /// Short hex digest of the component bytes; names the version in logs and the admin API.
     pub version: String,
     pub size: usize,
     pub loaded_at: SystemTime,
     pub compile_time: Duration,
+}
+
+impl GuestModule {
+    /// Whether the guest exports `on-client-message`.
+    pub fn has_client_handler(&self) -> bool {
+        self.client_handler.is_some()
+    }
+
+    /// Whether the guest exports `authorize`.
+    pub fn has_authorizer(&self) -> bool {
+        self.authorizer.is_some()
+    }
 }
 
 impl std::fmt::Debug for GuestModule {
@@ -108,7 +125,7 @@ impl GuestRuntime {
 
         let mut linker = Linker::<GuestState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        Filter::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+        Gatekeeper::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
 
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -140,12 +157,15 @@ impl GuestRuntime {
     pub fn compile(&self, bytes: &[u8]) -> Result<GuestModule, LoadError> {
         let started = Instant::now();
         let component = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
-        let instance_pre = self
+        let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(LoadError::WrongWorld)?;
-        let pre = FilterPre::new(instance_pre).map_err(LoadError::WrongWorld)?;
+        let handler = HandlerIndices::new(&pre).map_err(LoadError::WrongWorld)?;
         let module = GuestModule {
+            handler,
+            client_handler: ClientHandlerIndices::new(&pre).ok(),
+            authorizer: AuthorizerIndices::new(&pre).ok(),
             pre,
             version: short_digest(bytes),
             size: bytes.len(),

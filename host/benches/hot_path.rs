@@ -1,0 +1,107 @@
+//! Microbenchmarks of the per-message hot path: envelope parse, frame encode, and one guest call per
+//! example guest (warm instance, ~200-byte JSON body).
+//!
+//! `cargo bench -p pgws --bench hot_path` — builds the Rust example guests first.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use pgws::envelope::{Envelope, JsonBody, TenantId};
+use pgws::frame::{self, FrameFormat};
+use pgws::guest::{GuestInstance, GuestLimits, GuestRuntime, NotificationRef};
+use pgws::hub::{Delivery, Hub, TopicFilter};
+
+/// A ~200-byte body with a secret field for the reshaper and a `kind` for the router.
+const BODY: &str = r#"{"id":12345,"kind":"orders","usr":"ann","password":"hunter2","amount":1999,"currency":"EUR","items":[{"sku":"A-1","qty":2},{"sku":"B-7","qty":1}],"note":"deliver after 5pm, ring twice"}"#;
+
+fn rust_guests() -> PathBuf {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|d| PathBuf::from(d).join("guests"))
+        .unwrap_or_else(|| repo.join("guest/rust/target"));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(repo.join("guest/rust/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the Rust guests failed");
+    target.join("wasm32-wasip2/release")
+}
+
+fn envelope(c: &mut Criterion) {
+    let payload = format!("acme/orders,{BODY}");
+    let mut g = c.benchmark_group("envelope");
+    g.throughput(Throughput::Bytes(payload.len() as u64));
+    g.bench_function("parse_200B", |b| b.iter(|| Envelope::parse(&payload)));
+    g.finish();
+}
+
+fn fanout(c: &mut Criterion) {
+    let body = JsonBody::parse(BODY).expect("json");
+    let mut g = c.benchmark_group("frame");
+    g.bench_function("encode_pgws", |b| {
+        b.iter(|| frame::encode(FrameFormat::Pgws, "pgwebsocket", &body))
+    });
+    g.bench_function("encode_raw", |b| {
+        b.iter(|| frame::encode(FrameFormat::Raw, "pgwebsocket", &body))
+    });
+    g.finish();
+
+    // One publish to 1,000 sessions of a tenant: encode once, queue 1,000 shared handles.
+    let hub = Arc::new(Hub::new(1 << 20));
+    let tenant = TenantId::parse("acme").expect("tenant");
+    let mut regs: Vec<_> = (0..1000)
+        .map(|_| hub.register(&tenant, FrameFormat::Pgws, TopicFilter::All))
+        .collect();
+    let delivery = Delivery {
+        tenant,
+        topic: None,
+        seq: 1,
+        channel: Arc::from("pgwebsocket"),
+        body,
+    };
+    let mut g = c.benchmark_group("hub");
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("publish_to_1000_sessions", |b| {
+        b.iter(|| {
+            hub.publish(&delivery);
+            for r in regs.iter_mut() {
+                let _ = r.frames.try_recv();
+            }
+        })
+    });
+    g.finish();
+}
+
+fn guests(c: &mut Criterion) {
+    let dir = rust_guests();
+    let runtime = GuestRuntime::new(GuestLimits::default(), None).expect("runtime");
+    let n = NotificationRef {
+        tenant: "acme",
+        topic: None,
+        channel: "pgwebsocket",
+        body: BODY,
+    };
+    let mut g = c.benchmark_group("guest_call_rust");
+    for name in ["passthrough", "validator", "reshaper", "router"] {
+        let bytes = std::fs::read(dir.join(format!("{name}.wasm"))).expect("guest built");
+        let module = runtime.compile(&bytes).expect("guest compiles");
+        let mut instance = GuestInstance::new(&runtime, &module, "acme").expect("instance");
+        g.bench_function(name, |b| {
+            b.iter(|| instance.on_notify(&runtime, &n).expect("call"))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, envelope, fanout, guests);
+criterion_main!(benches);
