@@ -49,10 +49,10 @@ fn fanout(c: &mut Criterion) {
     let body = JsonBody::parse(BODY).expect("json");
     let mut g = c.benchmark_group("frame");
     g.bench_function("encode_pgws", |b| {
-        b.iter(|| frame::encode(FrameFormat::Pgws, "pgwebsocket", &body))
+        b.iter(|| frame::encode(FrameFormat::Pgws, "pgwebsocket", None, 1, &body))
     });
     g.bench_function("encode_raw", |b| {
-        b.iter(|| frame::encode(FrameFormat::Raw, "pgwebsocket", &body))
+        b.iter(|| frame::encode(FrameFormat::Raw, "pgwebsocket", None, 1, &body))
     });
     g.finish();
 

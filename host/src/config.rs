@@ -44,6 +44,32 @@ pub struct Config {
     #[arg(long, env = "PGWS_INSECURE_TENANT_PARAM")]
     pub insecure_tenant_param: bool,
 
+    /// HS256 secret that client tokens (JWT) are signed with.
+    #[arg(long, env = "PGWS_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file with the RSA (RS256) or EC P-256 (ES256) public key that client tokens are signed with.
+    #[arg(long, env = "PGWS_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Token claim that names the client's tenant.
+    #[arg(long, env = "PGWS_JWT_TENANT_CLAIM", default_value = "tenant")]
+    pub jwt_tenant_claim: String,
+
+    /// Postgres channel that messages published by clients are NOTIFYed on, as
+    /// `<tenant>[/<topic>],<json>` with the tenant taken from the client's token.
+    /// Default: the first --channel, so other clients of the tenant receive them too.
+    #[arg(long, env = "PGWS_INBOUND_CHANNEL")]
+    pub inbound_channel: Option<String>,
+
+    /// Publishes per second one client may sustain.
+    #[arg(long, env = "PGWS_PUBLISH_RATE", default_value_t = 10.0)]
+    pub publish_rate: f64,
+
+    /// Publishes one client may send in a burst above the sustained rate.
+    #[arg(long, env = "PGWS_PUBLISH_BURST", default_value_t = 20.0)]
+    pub publish_burst: f64,
+
     /// Directory of guest components: `<tenant>.wasm` for one tenant, `_default.wasm` for every tenant
     /// without its own. No guest for a tenant and no default means messages are forwarded unchanged.
     #[arg(long, env = "PGWS_GUESTS")]
@@ -160,6 +186,14 @@ impl Config {
         (min, Duration::from_millis(self.reconnect_max_ms).max(min))
     }
 
+    /// The channel client publishes go to.
+    pub fn inbound_channel(&self) -> &str {
+        self.inbound_channel
+            .as_deref()
+            .or(self.channels.first().map(String::as_str))
+            .unwrap_or("pgwebsocket")
+    }
+
     pub fn guest_threads(&self) -> usize {
         self.guest_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
@@ -173,6 +207,9 @@ impl Config {
         }
         if self.session_queue == 0 {
             return Err("--session-queue must be at least 1".into());
+        }
+        if !(self.publish_rate > 0.0 && self.publish_burst >= 1.0) {
+            return Err("--publish-rate must be positive and --publish-burst at least 1".into());
         }
         if self.guest_timeout_ms == 0 {
             return Err("--guest-timeout-ms must be at least 1".into());

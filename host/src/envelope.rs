@@ -130,6 +130,63 @@ macro_rules! display_as_str {
 }
 display_as_str!(TenantId, Topic);
 
+/// A pattern over topic names, as granted by a token: `orders` (exactly that topic), `eu/*` (every
+/// topic starting with `eu/`), `*` (every topic). A `*` may only come last.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TopicPattern {
+    prefix: Arc<str>,
+    wildcard: bool,
+}
+
+impl TopicPattern {
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        match s.strip_suffix('*') {
+            Some(prefix) => {
+                if let Some(c) = prefix.chars().find(|&c| {
+                    !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/'))
+                }) {
+                    return Err(NameError::BadChar(c));
+                }
+                if prefix.len() > MAX_TOPIC_LEN {
+                    return Err(NameError::TooLong { max: MAX_TOPIC_LEN });
+                }
+                Ok(TopicPattern {
+                    prefix: Arc::from(prefix),
+                    wildcard: true,
+                })
+            }
+            None => Ok(TopicPattern {
+                prefix: Topic::parse(s)?.0,
+                wildcard: false,
+            }),
+        }
+    }
+
+    pub fn matches(&self, topic: &Topic) -> bool {
+        if self.wildcard {
+            topic.as_str().starts_with(&*self.prefix)
+        } else {
+            *self.prefix == *topic.0
+        }
+    }
+}
+
+impl fmt::Display for TopicPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.prefix)?;
+        if self.wildcard {
+            f.write_str("*")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for TopicPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
+}
+
 /// A JSON body known to be one valid JSON value, kept as the exact text that arrived.
 #[derive(Clone, PartialEq, Eq)]
 pub struct JsonBody(Arc<str>);
@@ -247,6 +304,19 @@ mod tests {
             let err = Envelope::parse(payload).expect_err(payload);
             assert_eq!(err.reason(), reason, "{payload}: {err}");
         }
+    }
+
+    #[test]
+    fn topic_patterns() {
+        let t = |s: &str| Topic::parse(s).expect("topic");
+        let p = |s: &str| TopicPattern::parse(s).expect("pattern");
+        assert!(p("*").matches(&t("anything/at/all")));
+        assert!(p("eu/*").matches(&t("eu/orders")));
+        assert!(!p("eu/*").matches(&t("us/orders")));
+        assert!(p("orders").matches(&t("orders")));
+        assert!(!p("orders").matches(&t("orders2")));
+        assert!(TopicPattern::parse("a*b").is_err());
+        assert!(TopicPattern::parse("a b*").is_err());
     }
 
     #[test]

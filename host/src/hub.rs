@@ -14,7 +14,7 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::envelope::{JsonBody, TenantId, Topic};
+use crate::envelope::{JsonBody, TenantId, Topic, TopicPattern};
 use crate::frame::{self, FrameFormat};
 use crate::metrics as m;
 
@@ -34,7 +34,10 @@ pub struct Delivery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicFilter {
     All,
+    /// Exactly these topics (a subscription list).
     Only(HashSet<Topic>),
+    /// Topics matching any of these patterns (a token's grant).
+    Matching(Arc<[TopicPattern]>),
 }
 
 impl TopicFilter {
@@ -42,6 +45,7 @@ impl TopicFilter {
         match (self, topic) {
             (_, None) | (TopicFilter::All, _) => true,
             (TopicFilter::Only(set), Some(t)) => set.contains(t),
+            (TopicFilter::Matching(patterns), Some(t)) => patterns.iter().any(|p| p.matches(t)),
         }
     }
 }
@@ -150,7 +154,7 @@ impl Hub {
 
     /// Queues `delivery` to every matching session of its tenant. Never blocks on a session.
     pub fn publish(&self, delivery: &Delivery) {
-        let mut encoded: [Option<Utf8Bytes>; 2] = [None, None];
+        let mut encoded: [Option<Utf8Bytes>; 3] = [None, None, None];
         let mut overflowed = Vec::new();
         let mut delivered = 0u64;
         {
@@ -165,7 +169,13 @@ impl Hub {
                 let slot = &mut encoded[sub.format as usize];
                 let bytes = slot
                     .get_or_insert_with(|| {
-                        frame::encode(sub.format, &delivery.channel, &delivery.body)
+                        frame::encode(
+                            sub.format,
+                            &delivery.channel,
+                            delivery.topic.as_ref(),
+                            delivery.seq,
+                            &delivery.body,
+                        )
                     })
                     .clone();
                 match sub.frames.try_send(bytes) {
@@ -193,11 +203,22 @@ impl Hub {
         }
     }
 
-    /// The listener lost and regained Postgres: NOTIFYs in between are gone. Sessions of the
-    /// pgws and raw formats have no way to be told, so this is logged for operators.
+    /// The listener lost and regained Postgres: NOTIFYs in between are gone. `pgws.v1` sessions get
+    /// a `gap` notice; the pgws and raw formats have no way to say it, so it is logged for operators.
     pub fn gap(&self) {
+        let notice = Utf8Bytes::from(
+            r#"{"type":"gap","reason":"the server lost its Postgres connection; notifications sent meanwhile were not received"}"#,
+        );
+        let mut told = 0;
+        let tenants = self.read();
+        for sub in tenants.values().flatten() {
+            if sub.format == FrameFormat::Envelope && sub.frames.try_send(notice.clone()).is_ok() {
+                told += 1;
+            }
+        }
         tracing::warn!(
-            sessions = self.read().values().map(Vec::len).sum::<usize>(),
+            sessions = tenants.values().map(Vec::len).sum::<usize>(),
+            told,
             "notifications sent while the listener was reconnecting were lost"
         );
     }

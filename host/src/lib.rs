@@ -13,10 +13,14 @@
 //! - [`guest`]: the WebAssembly runtime, limits and the tenant → guest registry;
 //! - [`hub`]: tenant → sessions, bounded per-session queues, encode-once fan-out;
 //! - [`frame`]: the bytes clients receive;
-//! - [`session`]: one WebSocket connection;
+//! - [`session`]: one WebSocket connection, and the `pgws.v1` client frames it answers;
+//! - [`protocol`]: the `pgws.v1` envelope protocol's frames;
+//! - [`auth`]: JWT verification into an identity (tenant, topics, mode);
+//! - [`publisher`]: client messages into Postgres via `pg_notify`;
 //! - [`server`]: HTTP routes, who a client is, start-up and shutdown order;
 //! - [`config`], [`metrics`]: settings and the `/metrics` vocabulary.
 
+pub mod auth;
 pub mod config;
 pub mod envelope;
 pub mod frame;
@@ -25,5 +29,7 @@ pub mod hub;
 pub mod listener;
 pub mod metrics;
 pub mod pipeline;
+pub mod protocol;
+pub mod publisher;
 pub mod server;
 pub mod session;

@@ -22,6 +22,7 @@ pub const GUEST_CALLS: &str = "pgws_guest_calls_total";
 pub const GUEST_FAILURES: &str = "pgws_guest_failures_total";
 pub const GUEST_CALL_SECONDS: &str = "pgws_guest_call_seconds";
 pub const GUEST_LOADS: &str = "pgws_guest_loads_total";
+pub const CLIENT_PUBLISHES: &str = "pgws_client_publishes_total";
 
 /// Installs the global recorder and describes every series. Call once, from the binary.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
@@ -85,4 +86,5 @@ fn describe() {
     );
     describe_histogram!(GUEST_CALL_SECONDS, Unit::Seconds, "Duration of guest calls");
     describe_counter!(GUEST_LOADS, "Guest components loaded, by outcome");
+    describe_counter!(CLIENT_PUBLISHES, "Client publish frames, by outcome");
 }

@@ -5,7 +5,7 @@
 //! no message skips its guest), and on shutdown the server stops accepting, closes every session with
 //! 1001, waits for them within a bound, then stops the listener and the pipeline.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -23,15 +23,18 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{AuthError, Authenticator, Identity, TOKEN_PROTOCOL_PREFIX};
 use crate::config::Config;
 use crate::envelope::{TenantId, Topic};
 use crate::frame::FrameFormat;
-use crate::guest::{GuestLimits, GuestRegistry, GuestRuntime};
+use crate::guest::{Authorization, GuestLimits, GuestRegistry, GuestRuntime};
 use crate::hub::{Hub, TopicFilter};
 use crate::listener::{self, ListenerConfig, Readiness};
 use crate::metrics as m;
 use crate::pipeline::{self, FailureRules, Workers};
-use crate::session::{self, SessionConfig};
+use crate::protocol;
+use crate::publisher::Publisher;
+use crate::session::{Protocol, Session, SessionContext};
 
 /// Events buffered between the LISTEN connection and the pipeline.
 const LISTENER_QUEUE: usize = 65_536;
@@ -58,7 +61,8 @@ struct AppState {
     metrics: Option<PrometheusHandle>,
     frame: FrameFormat,
     insecure_tenant_param: bool,
-    session: SessionConfig,
+    auth: Option<Arc<Authenticator>>,
+    ctx: Arc<SessionContext>,
     ws_read_buffer: usize,
     max_client_message: usize,
     shutdown: CancellationToken,
@@ -79,6 +83,23 @@ pub async fn run(
              /ws?tenant=<name>. Never use this in production."
         );
     }
+
+    let auth = Authenticator::new(
+        config.jwt_secret.as_deref(),
+        config.jwt_public_key.as_deref(),
+        &config.jwt_tenant_claim,
+    )
+    .context("loading the JWT key")?
+    .map(Arc::new);
+    if auth.is_none() && !config.insecure_tenant_param {
+        tracing::warn!(
+            "no --jwt-secret or --jwt-public-key: every WebSocket client will be refused (401)"
+        );
+    }
+    let publisher = Arc::new(
+        Publisher::new(&config.database_url, config.inbound_channel(), 4)
+            .context("setting up the publish connection pool")?,
+    );
 
     let registry = match &config.guests {
         Some(dir) => Some(load_guests(&config, dir.clone()).await?),
@@ -121,9 +142,14 @@ pub async fn run(
         metrics,
         frame: config.frame.into(),
         insecure_tenant_param: config.insecure_tenant_param,
-        session: SessionConfig {
+        auth,
+        ctx: Arc::new(SessionContext {
+            workers,
+            publisher: Some(publisher),
             ping_interval: Duration::from_secs(config.ping_secs.max(1)),
-        },
+            publish_rate: config.publish_rate,
+            publish_burst: config.publish_burst,
+        }),
         ws_read_buffer: config.ws_read_buffer.max(256),
         max_client_message: config.max_client_message,
         shutdown: shutdown.clone(),
@@ -209,17 +235,109 @@ async fn metrics_handler(State(app): State<AppState>) -> Response {
     }
 }
 
-/// Refuses an upgrade before it happens, with a status and a reason for the log and the client.
-fn refuse(status: StatusCode, reason: &'static str, detail: String) -> Response {
-    metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => reason).increment(1);
-    tracing::info!(reason, %detail, "WebSocket upgrade refused");
-    (status, format!("{detail}\n")).into_response()
+/// An upgrade refused before it happens: a status, a reason label for logs and metrics, and a
+/// message for the client. Logged and counted when turned into the response.
+struct Refusal {
+    status: StatusCode,
+    reason: &'static str,
+    detail: String,
 }
 
-/// `?topics=a,b`: the topics a session takes (messages with no topic always reach it).
-fn parse_topics(
-    list: &str,
-) -> Result<std::collections::HashSet<Topic>, crate::envelope::NameError> {
+fn refuse(status: StatusCode, reason: &'static str, detail: String) -> Refusal {
+    Refusal {
+        status,
+        reason,
+        detail,
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => self.reason).increment(1);
+        tracing::info!(reason = self.reason, detail = %self.detail, "WebSocket upgrade refused");
+        (self.status, format!("{}\n", self.detail)).into_response()
+    }
+}
+
+/// The subprotocols a client offered, in its order.
+fn offered_protocols(upgrade: &WebSocketUpgrade) -> Vec<String> {
+    upgrade
+        .requested_protocols()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// The token from `Authorization: Bearer`, `?token=`, or a `bearer.<token>` subprotocol, in that order.
+fn find_token<'a>(
+    headers: &'a HeaderMap,
+    params: &'a HashMap<String, String>,
+    offered: &'a [String],
+) -> Option<&'a str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .or_else(|| params.get("token").map(String::as_str))
+        .or_else(|| {
+            offered
+                .iter()
+                .find_map(|p| p.strip_prefix(TOKEN_PROTOCOL_PREFIX))
+        })
+}
+
+/// Who is connecting, or the refusal to send.
+fn identify(
+    app: &AppState,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+    offered: &[String],
+) -> Result<Identity, Refusal> {
+    match (find_token(headers, params, offered), &app.auth) {
+        (Some(token), Some(auth)) => auth.verify(token).map_err(|e| {
+            refuse(StatusCode::UNAUTHORIZED, e.reason(), e.to_string())
+        }),
+        (Some(_), None) if !app.insecure_tenant_param => Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "tokens_disabled",
+            "this server accepts no tokens (no --jwt-secret or --jwt-public-key)".into(),
+        )),
+        (_, _) if app.insecure_tenant_param => match params.get("tenant") {
+            Some(name) => TenantId::parse(name).map(Identity::insecure).map_err(|e| {
+                refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_tenant",
+                    format!("invalid tenant name: {e}"),
+                )
+            }),
+            None => Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "missing_tenant",
+                "no tenant: connect with /ws?tenant=<name> or a token".into(),
+            )),
+        },
+        (None, Some(_)) => Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            AuthError::Missing.reason(),
+            AuthError::Missing.to_string(),
+        )),
+        (_, None) => Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "no_auth",
+            "no way to authenticate: the server accepts no tokens and --insecure-tenant-param is off"
+                .into(),
+        )),
+    }
+}
+
+/// `?topics=a,b`: the topics a legacy session takes (messages with no topic always reach it).
+fn parse_topics(list: &str) -> Result<HashSet<Topic>, crate::envelope::NameError> {
     list.split(',')
         .filter(|t| !t.is_empty())
         .map(Topic::parse)
@@ -229,69 +347,100 @@ fn parse_topics(
 async fn ws_handler(
     State(app): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
-) -> Response {
-    let tenant = match (app.insecure_tenant_param, params.get("tenant")) {
-        (true, Some(name)) => match TenantId::parse(name) {
-            Ok(t) => t,
-            Err(e) => {
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_tenant",
-                    format!("invalid tenant name: {e}"),
-                )
-            }
-        },
-        (true, None) => {
-            return refuse(
-                StatusCode::UNAUTHORIZED,
-                "missing_tenant",
-                "no tenant: connect with /ws?tenant=<name>".into(),
-            )
-        }
-        (false, _) => {
-            return refuse(
-                StatusCode::UNAUTHORIZED,
-                "no_auth",
-                "no way to authenticate: the server accepts no tokens and --insecure-tenant-param is off"
-                    .into(),
-            )
-        }
-    };
+) -> Result<Response, Refusal> {
     if app.shutdown.is_cancelled() {
-        return refuse(
+        return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
             "server is shutting down".into(),
-        );
+        ));
+    }
+    let offered = offered_protocols(&upgrade);
+    let identity = identify(&app, &headers, &params, &offered)?;
+    let verdict = app
+        .ctx
+        .workers
+        .authorize(
+            &identity.tenant,
+            identity.topic_list(),
+            identity.can_publish,
+            identity.claims.clone(),
+        )
+        .await;
+    if let Authorization::Deny(reason) = verdict {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "guest_denied",
+            format!("denied: {reason}"),
+        ));
     }
 
-    let filter = match params.get("topics").map(|t| parse_topics(t)) {
-        None => TopicFilter::All,
-        Some(Ok(topics)) => TopicFilter::Only(topics),
-        Some(Err(e)) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "invalid_topic",
-                format!("invalid topic name: {e}"),
-            )
-        }
+    let allowed = |t: &Topic| {
+        identity
+            .topics
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| p.matches(t)))
+    };
+    let v1 = offered.iter().any(|p| p == protocol::SUBPROTOCOL);
+    let (protocol, format, filter) = if v1 {
+        // v1 sessions start with no topic and subscribe explicitly.
+        (
+            Protocol::V1,
+            FrameFormat::Envelope,
+            TopicFilter::Only(HashSet::new()),
+        )
+    } else {
+        let filter = match (params.get("topics"), &identity.topics) {
+            (Some(list), _) => match parse_topics(list) {
+                Ok(topics) => {
+                    if let Some(t) = topics.iter().find(|t| !allowed(t)) {
+                        return Err(refuse(
+                            StatusCode::FORBIDDEN,
+                            "forbidden_topic",
+                            format!("topic {t} is not allowed by your token"),
+                        ));
+                    }
+                    TopicFilter::Only(topics)
+                }
+                Err(e) => {
+                    return Err(refuse(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_topic",
+                        format!("invalid topic name: {e}"),
+                    ))
+                }
+            },
+            (None, None) => TopicFilter::All,
+            (None, Some(patterns)) => TopicFilter::Matching(patterns.clone()),
+        };
+        (Protocol::Legacy, app.frame, filter)
+    };
+    // A browser fails the connection unless the server picks one of the offered subprotocols.
+    let selected = if v1 {
+        Some(protocol::SUBPROTOCOL.to_owned())
+    } else {
+        offered
+            .iter()
+            .find(|p| p.starts_with(TOKEN_PROTOCOL_PREFIX))
+            .cloned()
     };
 
     // Registered before the 101 goes out, so a message published right after the client sees the
     // upgrade already has somewhere to go.
-    let registration = app.hub.register(&tenant, app.frame, filter);
-    let AppState {
-        session,
-        shutdown,
-        sessions,
-        ..
-    } = app.clone();
-    upgrade
+    let session = Session {
+        registration: app.hub.register(&identity.tenant, format, filter),
+        identity,
+        protocol,
+    };
+    let ctx = app.ctx.clone();
+    let shutdown = app.shutdown.clone();
+    let sessions = app.sessions.clone();
+    Ok(upgrade
+        .protocols(selected)
         .read_buffer_size(app.ws_read_buffer)
         .max_message_size(app.max_client_message)
         .max_frame_size(app.max_client_message)
-        .on_upgrade(move |socket| {
-            sessions.track_future(session::run(socket, registration, session, shutdown))
-        })
+        .on_upgrade(move |socket| sessions.track_future(session.run(socket, ctx, shutdown))))
 }

@@ -1,19 +1,29 @@
 //! One WebSocket client, from upgrade to close.
 //!
-//! Owns the socket and the receiving half of the session's bounded queue. It writes queued frames in
-//! batches (one flush, so one socket write, for everything already waiting), answers pings, sends its
-//! own keepalive pings, and closes with a code that says why: 1000 when the client leaves, 1001 on
-//! server shutdown, 1013 when the client was too slow to keep its queue from filling. It does not
-//! decide what the client receives (`hub`) or who the client is (`server`).
+//! Owns the socket, the receiving half of the session's bounded queue, and — for `pgws.v1` clients —
+//! the subscription list, the publish rate limit and the answers to client frames. It writes queued
+//! frames in batches (one flush, so one socket write, for everything already waiting), answers pings,
+//! sends keepalive pings, and closes with a code that says why: 1000 when the client leaves, 1001 on
+//! server shutdown, 1008 when pings go unanswered, 1013 when the client was too slow to keep its queue
+//! from filling, 4001 when its token expires. It does not decide who the client is (`server`, `auth`)
+//! or what reaches its queue (`hub`).
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::Registration;
+use crate::auth::Identity;
+use crate::envelope::Topic;
+use crate::hub::{Registration, TopicFilter};
 use crate::metrics as m;
+use crate::pipeline::{ClientOutcome, Workers};
+use crate::protocol::{self, ClientFrame};
+use crate::publisher::{PublishError, Publisher};
 
 /// Close code for a client whose queue overflowed ("try again later").
 pub const CLOSE_TOO_SLOW: u16 = 1013;
@@ -21,16 +31,32 @@ pub const CLOSE_TOO_SLOW: u16 = 1013;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code for a client that stopped answering pings (policy violation is the closest fit).
 pub const CLOSE_PING_TIMEOUT: u16 = 1008;
+/// Close code for a session whose token expired.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 
 /// Most frames written per flush; bounds the time one session holds its worker.
 const MAX_BATCH: usize = 256;
 /// How long a close frame may take to leave before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Session settings that come from the configuration.
-#[derive(Debug, Clone)]
-pub struct SessionConfig {
+/// What every session shares.
+pub struct SessionContext {
+    pub workers: Workers,
+    /// `None` when publishing is not possible (no inbound channel configured).
+    pub publisher: Option<Arc<Publisher>>,
     pub ping_interval: Duration,
+    /// Publishes per second a session may sustain, and the burst it may spend at once.
+    pub publish_rate: f64,
+    pub publish_burst: f64,
+}
+
+/// Which protocol the client chose at the upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// pgws's: messages only, client frames ignored.
+    Legacy,
+    /// `pgws.v1`: envelopes, control frames, subscribe/unsubscribe/publish.
+    V1,
 }
 
 /// Why a session ended; the label of `pgws_sessions_closed_total`.
@@ -41,6 +67,7 @@ enum Ending {
     Shutdown,
     TooSlow,
     PingTimeout,
+    TokenExpired,
     HubDropped,
 }
 
@@ -52,87 +79,284 @@ impl Ending {
             Ending::Shutdown => "shutdown",
             Ending::TooSlow => "too_slow",
             Ending::PingTimeout => "ping_timeout",
+            Ending::TokenExpired => "token_expired",
             Ending::HubDropped => "hub_dropped",
         }
     }
 }
 
-/// Serves one upgraded connection until it ends, then unregisters it.
-pub async fn run(
-    mut ws: WebSocket,
-    mut reg: Registration,
-    config: SessionConfig,
-    shutdown: CancellationToken,
-) {
-    metrics::counter!(m::CONNECTIONS_OPENED).increment(1);
-    let mut ping = tokio::time::interval(config.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
-    let mut answered = true;
+/// A token bucket: `rate` per second, at most `burst` saved up.
+struct RateLimit {
+    tokens: f64,
+    last: Instant,
+    rate: f64,
+    burst: f64,
+}
 
-    let ending = loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => {
-                close(&mut ws, CLOSE_GOING_AWAY, "server shutting down").await;
-                break Ending::Shutdown;
+impl RateLimit {
+    fn new(rate: f64, burst: f64) -> Self {
+        RateLimit {
+            tokens: burst,
+            last: Instant::now(),
+            rate,
+            burst,
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One connected client.
+pub struct Session {
+    pub registration: Registration,
+    pub identity: Identity,
+    pub protocol: Protocol,
+}
+
+impl Session {
+    /// Serves the upgraded connection until it ends; dropping the registration unregisters it.
+    pub async fn run(
+        self,
+        mut ws: WebSocket,
+        ctx: Arc<SessionContext>,
+        shutdown: CancellationToken,
+    ) {
+        metrics::counter!(m::CONNECTIONS_OPENED).increment(1);
+        let Session {
+            mut registration,
+            identity,
+            protocol,
+        } = self;
+        let mut ping = tokio::time::interval(ctx.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let mut answered = true;
+        let expiry = tokio::time::sleep(until_unix(identity.expires_at));
+        tokio::pin!(expiry);
+        let mut state = V1State {
+            subscriptions: HashSet::new(),
+            limit: RateLimit::new(ctx.publish_rate, ctx.publish_burst),
+        };
+        if protocol == Protocol::V1 {
+            let hello = protocol::welcome(
+                identity.tenant.as_str(),
+                &identity.topic_list(),
+                identity.can_publish,
+            );
+            let _ = ws.send(Message::Text(hello.into())).await;
+        }
+
+        let ending = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    close(&mut ws, CLOSE_GOING_AWAY, "server shutting down").await;
+                    break Ending::Shutdown;
+                }
+                _ = registration.overflowed.cancelled() => {
+                    close(&mut ws, CLOSE_TOO_SLOW, "client too slow: message queue full").await;
+                    break Ending::TooSlow;
+                }
+                _ = &mut expiry, if identity.expires_at.is_some() => {
+                    close(&mut ws, CLOSE_TOKEN_EXPIRED, "token expired").await;
+                    break Ending::TokenExpired;
+                }
+                frame = registration.frames.recv() => {
+                    let Some(frame) = frame else { break Ending::HubDropped };
+                    let write = write_batch(&mut ws, frame, &mut registration.frames);
+                    // A client that stops reading leaves this write pending; the hub then overflows
+                    // its queue and cancels `overflowed`, which must end the session even mid-write.
+                    let written = tokio::select! {
+                        r = write => r.map_err(|_| Ending::ClientError),
+                        _ = registration.overflowed.cancelled() => Err(Ending::TooSlow),
+                        _ = shutdown.cancelled() => Err(Ending::Shutdown),
+                    };
+                    if let Err(ending) = written {
+                        break ending;
+                    }
+                }
+                incoming = ws.recv() => match incoming {
+                    None => break Ending::ClientClosed,
+                    Some(Err(_)) => break Ending::ClientError,
+                    Some(Ok(Message::Close(_))) => {
+                        // tungstenite queued the closing reply; flushing sends it.
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
+                        break Ending::ClientClosed;
+                    }
+                    Some(Ok(Message::Pong(_))) => answered = true,
+                    Some(Ok(Message::Text(text))) if protocol == Protocol::V1 => {
+                        answered = true;
+                        let reply = state.handle(&text, &identity, &registration, &ctx).await;
+                        if ws.send(Message::Text(reply.into())).await.is_err() {
+                            break Ending::ClientError;
+                        }
+                    }
+                    // Pings are answered by tungstenite on the next write; in pgws's protocol the
+                    // client's own messages carry nothing and are ignored, as pgws does.
+                    Some(Ok(_)) => {
+                        answered = true;
+                        let _ = ws.flush().await;
+                    }
+                },
+                _ = ping.tick() => {
+                    if !answered {
+                        close(&mut ws, CLOSE_PING_TIMEOUT, "no pong within the keepalive interval").await;
+                        break Ending::PingTimeout;
+                    }
+                    answered = false;
+                    if ws.send(Message::Ping(Default::default())).await.is_err() {
+                        break Ending::ClientError;
+                    }
+                }
             }
-            _ = reg.overflowed.cancelled() => {
-                close(&mut ws, CLOSE_TOO_SLOW, "client too slow: message queue full").await;
-                break Ending::TooSlow;
+        };
+        metrics::counter!(m::SESSIONS_CLOSED, "reason" => ending.label()).increment(1);
+        tracing::debug!(tenant = %identity.tenant, reason = ending.label(), "session closed");
+    }
+}
+
+/// Time left until a Unix timestamp (or a very long time when there is none).
+fn until_unix(at: Option<u64>) -> Duration {
+    let Some(at) = at else {
+        return Duration::from_secs(u32::MAX.into());
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(at).saturating_sub(now)
+}
+
+/// What a `pgws.v1` session keeps between client frames.
+struct V1State {
+    subscriptions: HashSet<Topic>,
+    limit: RateLimit,
+}
+
+impl V1State {
+    /// Acts on one client frame and returns the answer to send back.
+    async fn handle(
+        &mut self,
+        text: &str,
+        identity: &Identity,
+        registration: &Registration,
+        ctx: &SessionContext,
+    ) -> String {
+        let frame = match ClientFrame::parse(text) {
+            Ok(f) => f,
+            Err(e) => {
+                let r = protocol::peek_ref(text);
+                return protocol::error(e.code(), &e.to_string(), r.as_ref());
             }
-            frame = reg.frames.recv() => {
-                let Some(frame) = frame else { break Ending::HubDropped };
-                let write = write_batch(&mut ws, frame, &mut reg.frames);
-                // A client that stops reading leaves this write pending; the hub then overflows its
-                // queue and cancels `overflowed`, which must end the session even mid-write.
-                let written = tokio::select! {
-                    r = write => r.map_err(|_| Ending::ClientError),
-                    _ = reg.overflowed.cancelled() => Err(Ending::TooSlow),
-                    _ = shutdown.cancelled() => Err(Ending::Shutdown),
+        };
+        let allowed = |t: &Topic| {
+            identity
+                .topics
+                .as_ref()
+                .is_none_or(|patterns| patterns.iter().any(|p| p.matches(t)))
+        };
+        match frame {
+            ClientFrame::Subscribe { topics, r#ref } => {
+                let refused: Vec<&str> = topics
+                    .iter()
+                    .filter(|t| !allowed(t))
+                    .map(Topic::as_str)
+                    .collect();
+                if !refused.is_empty() {
+                    let msg = format!("not allowed by your token: {}", refused.join(", "));
+                    return protocol::error("forbidden_topic", &msg, r#ref.as_ref());
+                }
+                self.subscriptions.extend(topics.iter().cloned());
+                registration.set_filter(TopicFilter::Only(self.subscriptions.clone()));
+                protocol::subscribed("subscribed", &topics, r#ref.as_ref())
+            }
+            ClientFrame::Unsubscribe { topics, r#ref } => {
+                for t in &topics {
+                    self.subscriptions.remove(t);
+                }
+                registration.set_filter(TopicFilter::Only(self.subscriptions.clone()));
+                protocol::subscribed("unsubscribed", &topics, r#ref.as_ref())
+            }
+            ClientFrame::Publish { topic, data, r#ref } => {
+                let r = r#ref.as_ref();
+                let outcome = self.publish(topic, data, identity, ctx).await;
+                let label: &'static str = match &outcome {
+                    Ok(()) => "published",
+                    Err((code, _)) => code,
                 };
-                if let Err(ending) = written {
-                    break ending;
-                }
-            }
-            incoming = ws.recv() => match incoming {
-                None => break Ending::ClientClosed,
-                Some(Err(_)) => break Ending::ClientError,
-                Some(Ok(Message::Close(_))) => {
-                    // tungstenite queued the closing reply; flushing sends it.
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
-                    break Ending::ClientClosed;
-                }
-                Some(Ok(Message::Pong(_))) => answered = true,
-                // Pings are answered by tungstenite on the next write; clients' own messages carry
-                // nothing in the pgws protocol and are ignored, as pgws does.
-                Some(Ok(_)) => {
-                    answered = true;
-                    let _ = ws.flush().await;
-                }
-            },
-            _ = ping.tick() => {
-                if !answered {
-                    close(&mut ws, CLOSE_PING_TIMEOUT, "no pong within the keepalive interval").await;
-                    break Ending::PingTimeout;
-                }
-                answered = false;
-                if ws.send(Message::Ping(Default::default())).await.is_err() {
-                    break Ending::ClientError;
+                metrics::counter!(m::CLIENT_PUBLISHES, "outcome" => label).increment(1);
+                match outcome {
+                    Ok(()) => protocol::published(r),
+                    Err((code, message)) => protocol::error(code, &message, r),
                 }
             }
         }
-    };
-    metrics::counter!(m::SESSIONS_CLOSED, "reason" => ending.label()).increment(1);
-    tracing::debug!(tenant = %reg.tenant, reason = ending.label(), "session closed");
+    }
+
+    async fn publish(
+        &mut self,
+        topic: Option<Topic>,
+        data: crate::envelope::JsonBody,
+        identity: &Identity,
+        ctx: &SessionContext,
+    ) -> Result<(), (&'static str, String)> {
+        if !identity.can_publish {
+            return Err((
+                "read_only",
+                "your token does not allow publishing (mode \"r\")".into(),
+            ));
+        }
+        if let (Some(t), Some(patterns)) = (&topic, &identity.topics) {
+            if !patterns.iter().any(|p| p.matches(t)) {
+                return Err(("forbidden_topic", format!("not allowed by your token: {t}")));
+            }
+        }
+        let Some(publisher) = &ctx.publisher else {
+            return Err((
+                "publish_disabled",
+                "this server does not accept publishes".into(),
+            ));
+        };
+        if !self.limit.take() {
+            return Err((
+                "rate_limited",
+                format!("at most {} publishes per second", ctx.publish_rate),
+            ));
+        }
+        let body = match ctx
+            .workers
+            .client_message(&identity.tenant, topic.clone(), data)
+            .await
+        {
+            ClientOutcome::Accept(body) => body,
+            ClientOutcome::Reject(reason) => return Err(("rejected", reason)),
+        };
+        publisher
+            .publish(&identity.tenant, topic.as_ref(), &body)
+            .await
+            .map_err(|e| match e {
+                PublishError::TooLarge(_) => ("too_large", e.to_string()),
+                PublishError::Unavailable(_) => ("publish_failed", e.to_string()),
+            })
+    }
 }
 
 /// Writes `first` and whatever else is already queued (up to [`MAX_BATCH`]) with one flush, so a
 /// backlog leaves in one socket write instead of one per frame.
 async fn write_batch(
     ws: &mut WebSocket,
-    first: axum::extract::ws::Utf8Bytes,
-    queue: &mut tokio::sync::mpsc::Receiver<axum::extract::ws::Utf8Bytes>,
+    first: Utf8Bytes,
+    queue: &mut mpsc::Receiver<Utf8Bytes>,
 ) -> Result<(), axum::Error> {
     ws.feed(Message::Text(first)).await?;
     for _ in 1..MAX_BATCH {

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod auth;
 mod guests;
 mod pipeline;
 mod reliability;

@@ -59,6 +59,9 @@ async fn survives_postgres_restarts() -> anyhow::Result<()> {
     for _ in 0..5 {
         clients.push(Client::connect(&server.ws_url("?tenant=acme")).await?);
     }
+    // A pgws.v1 client, which is told about each gap.
+    let mut v1 = Client::connect_with(&server.ws_url("?tenant=acme"), &["pgws.v1"], &[]).await?;
+    assert_eq!(v1.recv_json().await?["type"], "welcome");
     until_flowing(&url, &mut clients[0], "start").await?;
 
     for round in 0..5 {
@@ -95,6 +98,19 @@ async fn survives_postgres_restarts() -> anyhow::Result<()> {
             };
             assert_eq!(frame, serde_json::json!({ "all": round }));
         }
+        let gap = loop {
+            let frame = v1.recv_json().await?;
+            if frame.get("type").is_some() {
+                break frame;
+            }
+        };
+        assert_eq!(gap["type"], "gap", "round {round}: {gap}");
+        // Drain this round's messages from the v1 client.
+        while v1
+            .recv_text_within(Duration::from_millis(100))
+            .await
+            .is_ok()
+        {}
     }
     let reconnects = server.metric("pgws_listener_reconnects_total", &[]).await?;
     assert!(reconnects >= 5.0, "reconnects counted: {reconnects}");

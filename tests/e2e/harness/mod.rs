@@ -35,10 +35,49 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(url: &str) -> anyhow::Result<Client> {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        Self::connect_with(url, &[], &[]).await
+    }
+
+    /// Connects offering `protocols` (as a browser would with `new WebSocket(url, protocols)`) and
+    /// sending extra `headers`. A refused upgrade's error names the HTTP status.
+    pub async fn connect_with(
+        url: &str,
+        protocols: &[&str],
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Client> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request()?;
+        if !protocols.is_empty() {
+            request
+                .headers_mut()
+                .insert("sec-websocket-protocol", protocols.join(", ").parse()?);
+        }
+        for (k, v) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())?,
+                v.parse()?,
+            );
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request)
             .await
-            .with_context(|| format!("connecting to {url}"))?;
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(r) => {
+                    anyhow::anyhow!("upgrade refused: HTTP {}", r.status().as_u16())
+                }
+                e => anyhow::anyhow!("connecting to {url}: {e}"),
+            })?;
         Ok(Client { ws })
+    }
+
+    /// Sends a JSON frame and returns the next JSON frame that is not a message (has a `type`).
+    pub async fn request(&mut self, frame: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        self.send_text(&frame.to_string()).await?;
+        loop {
+            let reply = self.recv_json().await?;
+            if reply.get("type").is_some() {
+                return Ok(reply);
+            }
+        }
     }
 
     /// Next text frame, skipping pings; fails on close or after `PATIENCE`.
@@ -97,6 +136,30 @@ impl Client {
     pub fn inner(&mut self) -> &mut WebSocketStream<MaybeTlsStream<TcpStream>> {
         &mut self.ws
     }
+}
+
+/// A `LISTEN` on `channel`, as psql would do; notifications arrive as `(channel, payload)`.
+pub async fn listen(
+    url: &str,
+    channel: &str,
+) -> anyhow::Result<(
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+)> {
+    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN \"{channel}\""))
+        .await?;
+    Ok((client, rx))
 }
 
 /// `select pg_notify('pgwebsocket', <payload>)` in its own transaction.

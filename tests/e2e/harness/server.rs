@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 
 pub struct Server {
     pub addr: SocketAddr,
+    database_url: String,
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -66,7 +67,12 @@ impl Server {
                 );
             }
         };
-        let server = Server { addr, child, log };
+        let server = Server {
+            addr,
+            database_url: database_url.to_owned(),
+            child,
+            log,
+        };
         server.wait_ready(Duration::from_secs(30)).await?;
         Ok(server)
     }
@@ -82,6 +88,10 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    pub fn database_url(&self) -> &str {
+        &self.database_url
     }
 
     pub fn ws_url(&self, query: &str) -> String {
