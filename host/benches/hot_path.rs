@@ -60,7 +60,10 @@ fn fanout(c: &mut Criterion) {
     let hub = Arc::new(Hub::new(1 << 20));
     let tenant = TenantId::parse("acme").expect("tenant");
     let mut regs: Vec<_> = (0..1000)
-        .map(|_| hub.register(&tenant, FrameFormat::Pgws, TopicFilter::All))
+        .map(|_| {
+            hub.register(&tenant, FrameFormat::Pgws, TopicFilter::All)
+                .expect("room")
+        })
         .collect();
     let delivery = Delivery {
         tenant,

@@ -115,6 +115,18 @@ pub struct Config {
     #[arg(long, env = "PGWS_GUEST_THREADS")]
     pub guest_threads: Option<usize>,
 
+    /// Most WebSocket sessions this process serves; more are refused with 503.
+    #[arg(long, env = "PGWS_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Most WebSocket sessions one tenant may hold in this process; more are refused with 503.
+    #[arg(
+        long,
+        env = "PGWS_MAX_CONNECTIONS_PER_TENANT",
+        default_value_t = 100_000
+    )]
+    pub max_connections_per_tenant: usize,
+
     /// Frames queued per client before the client counts as too slow and is closed (code 1013).
     #[arg(long, env = "PGWS_SESSION_QUEUE", default_value_t = 1024)]
     pub session_queue: usize,

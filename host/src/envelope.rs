@@ -319,6 +319,30 @@ mod tests {
         assert!(TopicPattern::parse("a b*").is_err());
     }
 
+    proptest::proptest! {
+        /// Any payload at all: parsing returns a value or a reason, never panics.
+        #[test]
+        fn parse_never_panics(payload in ".{0,200}") {
+            let _ = Envelope::parse(&payload);
+        }
+
+        /// A payload built from valid parts parses back to exactly those parts.
+        #[test]
+        fn valid_payloads_round_trip(
+            tenant in "[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}",
+            topic in proptest::option::of("[a-z0-9]{1,10}(/[a-z0-9:_]{1,10}){0,3}"),
+            n in proptest::num::i64::ANY,
+            s in "[a-zA-Z0-9 ,.:/{}é✓日-]{0,40}",
+        ) {
+            let body = format!(r#"{{"n":{n},"s":"{s}","k":[1,2]}}"#);
+            let address = match &topic { Some(t) => format!("{tenant}/{t}"), None => tenant.clone() };
+            let e = Envelope::parse(&format!("{address},{body}")).expect("valid parts parse");
+            proptest::prop_assert_eq!(e.tenant.as_str(), tenant.as_str());
+            proptest::prop_assert_eq!(e.topic.as_ref().map(Topic::as_str), topic.as_deref());
+            proptest::prop_assert_eq!(e.body.as_str(), body.as_str());
+        }
+    }
+
     #[test]
     fn name_length_limits() {
         assert!(TenantId::parse(&"a".repeat(MAX_TENANT_LEN)).is_ok());

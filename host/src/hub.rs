@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
@@ -86,8 +86,36 @@ struct Subscriber {
     overflowed: CancellationToken,
 }
 
+/// Most sessions the hub accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    pub total: usize,
+    pub per_tenant: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            total: usize::MAX,
+            per_tenant: usize::MAX,
+        }
+    }
+}
+
+/// Why a session was not registered.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+pub enum LimitReached {
+    #[error("server is at its limit of {0} connections")]
+    Total(usize),
+    #[error("tenant is at its limit of {0} connections")]
+    Tenant(usize),
+}
+
 /// The live set of sessions, by tenant.
 pub struct Hub {
+    /// Sessions registered, all tenants together (kept beside the map to check limits cheaply).
+    total: AtomicUsize,
+    limits: SessionLimits,
     /// Read on every message, written on connect, disconnect and overflow.
     tenants: RwLock<HashMap<TenantId, Vec<Subscriber>>>,
     next_id: AtomicU64,
@@ -100,15 +128,34 @@ impl Hub {
             tenants: RwLock::default(),
             next_id: AtomicU64::new(1),
             queue_len: queue_len.max(1),
+            total: AtomicUsize::new(0),
+            limits: SessionLimits::default(),
         }
     }
 
+    /// Caps the number of sessions, in all and per tenant.
+    pub fn with_limits(mut self, limits: SessionLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Registers a session, unless a session limit is reached.
     pub fn register(
         self: &Arc<Self>,
         tenant: &TenantId,
         format: FrameFormat,
         filter: TopicFilter,
-    ) -> Registration {
+    ) -> Result<Registration, LimitReached> {
+        // Checked and added under the write lock, so concurrent connects cannot overshoot.
+        let mut tenants = self.write();
+        let total = self.total.load(Ordering::Relaxed);
+        if total >= self.limits.total {
+            return Err(LimitReached::Total(self.limits.total));
+        }
+        let subs = tenants.entry(tenant.clone()).or_default();
+        if subs.len() >= self.limits.per_tenant {
+            return Err(LimitReached::Tenant(self.limits.per_tenant));
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.queue_len);
         let overflowed = CancellationToken::new();
@@ -119,15 +166,17 @@ impl Hub {
             frames: tx,
             overflowed: overflowed.clone(),
         };
-        self.write().entry(tenant.clone()).or_default().push(sub);
+        subs.push(sub);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        drop(tenants);
         metrics::gauge!(m::CONNECTIONS, "tenant" => tenant.to_string()).increment(1.0);
-        Registration {
+        Ok(Registration {
             id,
             tenant: tenant.clone(),
             frames: rx,
             overflowed,
             hub: self.clone(),
-        }
+        })
     }
 
     /// Removes a session; a no-op if the hub already dropped it.
@@ -231,6 +280,7 @@ impl Hub {
         let before = subs.len();
         subs.retain(|s| !ids.contains(&s.id));
         let removed = before - subs.len();
+        self.total.fetch_sub(removed, Ordering::Relaxed);
         if subs.is_empty() {
             tenants.remove(tenant);
         }
@@ -265,9 +315,15 @@ mod tests {
         let hub = Arc::new(Hub::new(8));
         let acme = TenantId::parse("acme").expect("tenant");
         let other = TenantId::parse("other").expect("tenant");
-        let mut a1 = hub.register(&acme, FrameFormat::Raw, TopicFilter::All);
-        let mut a2 = hub.register(&acme, FrameFormat::Raw, TopicFilter::All);
-        let mut o = hub.register(&other, FrameFormat::Raw, TopicFilter::All);
+        let mut a1 = hub
+            .register(&acme, FrameFormat::Raw, TopicFilter::All)
+            .expect("room");
+        let mut a2 = hub
+            .register(&acme, FrameFormat::Raw, TopicFilter::All)
+            .expect("room");
+        let mut o = hub
+            .register(&other, FrameFormat::Raw, TopicFilter::All)
+            .expect("room");
         hub.publish(&delivery("acme", None, r#"{"n":1}"#));
         let f1 = a1.frames.try_recv().expect("a1 frame");
         let f2 = a2.frames.try_recv().expect("a2 frame");
@@ -285,7 +341,7 @@ mod tests {
         let hub = Arc::new(Hub::new(8));
         let acme = TenantId::parse("acme").expect("tenant");
         let only = TopicFilter::Only([Topic::parse("orders").expect("topic")].into());
-        let mut s = hub.register(&acme, FrameFormat::Raw, only);
+        let mut s = hub.register(&acme, FrameFormat::Raw, only).expect("room");
         hub.publish(&delivery("acme", Some("billing"), "1"));
         hub.publish(&delivery("acme", Some("orders"), "2"));
         hub.publish(&delivery("acme", None, "3"));
@@ -294,12 +350,95 @@ mod tests {
         assert!(s.frames.try_recv().is_err());
     }
 
+    proptest::proptest! {
+        /// Over any interleaving of connects, disconnects and messages across tenants, every session
+        /// receives exactly its tenant's messages published while it was connected, in order.
+        #[test]
+        fn sessions_receive_exactly_their_tenants_messages(
+            ops in proptest::collection::vec((0u8..3, 0usize..4, 0usize..6), 1..200)
+        ) {
+            let tenants: Vec<TenantId> = ["t0", "t1", "t2", "t3"]
+                .iter()
+                .map(|t| TenantId::parse(t).expect("tenant"))
+                .collect();
+            let hub = Arc::new(Hub::new(1024));
+            // (tenant index, registration, messages expected)
+            let mut sessions: Vec<(usize, Registration, Vec<u64>)> = Vec::new();
+            let mut next = 0u64;
+            for (op, tenant, which) in ops {
+                match op {
+                    0 => {
+                        let reg = hub.register(&tenants[tenant], FrameFormat::Raw, TopicFilter::All).expect("room");
+                        sessions.push((tenant, reg, Vec::new()));
+                    }
+                    1 if !sessions.is_empty() => {
+                        let (_, mut reg, want) = sessions.remove(which % sessions.len());
+                        let got: Vec<u64> = std::iter::from_fn(|| reg.frames.try_recv().ok())
+                            .map(|f| f.as_str().parse().expect("number"))
+                            .collect();
+                        proptest::prop_assert_eq!(got, want);
+                    }
+                    _ => {
+                        next += 1;
+                        let mut d = delivery(tenants[tenant].as_str(), None, "0");
+                        d.body = JsonBody::parse(&next.to_string()).expect("json");
+                        hub.publish(&d);
+                        for (t, _, want) in sessions.iter_mut() {
+                            if *t == tenant {
+                                want.push(next);
+                            }
+                        }
+                    }
+                }
+            }
+            for (_, mut reg, want) in sessions {
+                let got: Vec<u64> = std::iter::from_fn(|| reg.frames.try_recv().ok())
+                    .map(|f| f.as_str().parse().expect("number"))
+                    .collect();
+                proptest::prop_assert_eq!(got, want);
+            }
+        }
+    }
+
+    #[test]
+    fn limits_cap_sessions_in_all_and_per_tenant() {
+        let hub = Arc::new(Hub::new(8).with_limits(SessionLimits {
+            total: 3,
+            per_tenant: 2,
+        }));
+        let a = TenantId::parse("a").expect("tenant");
+        let b = TenantId::parse("b").expect("tenant");
+        let a1 = hub
+            .register(&a, FrameFormat::Raw, TopicFilter::All)
+            .expect("room");
+        let _a2 = hub
+            .register(&a, FrameFormat::Raw, TopicFilter::All)
+            .expect("room");
+        assert!(matches!(
+            hub.register(&a, FrameFormat::Raw, TopicFilter::All),
+            Err(LimitReached::Tenant(2))
+        ));
+        let _b1 = hub
+            .register(&b, FrameFormat::Raw, TopicFilter::All)
+            .expect("room");
+        assert!(matches!(
+            hub.register(&b, FrameFormat::Raw, TopicFilter::All),
+            Err(LimitReached::Total(3))
+        ));
+        drop(a1);
+        assert!(hub.register(&b, FrameFormat::Raw, TopicFilter::All).is_ok());
+    }
+
     #[test]
     fn full_queue_unregisters_and_signals_the_session() {
         let hub = Arc::new(Hub::new(2));
         let acme = TenantId::parse("acme").expect("tenant");
-        let slow = hub.register(&acme, FrameFormat::Raw, TopicFilter::All);
-        let mut fast = hub.register(&acme, FrameFormat::Raw, TopicFilter::All);
+        let slow = hub
+            .register(&acme, FrameFormat::Raw, TopicFilter::All)
+            .expect("room");
+        let mut fast = hub
+            .register(&acme, FrameFormat::Raw, TopicFilter::All)
+            .expect("room");
         for _ in 0..3 {
             hub.publish(&delivery("acme", None, "1"));
             let _ = fast.frames.try_recv();

@@ -198,6 +198,20 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any client frame at all: parsing answers, never panics.
+        #[test]
+        fn parse_never_panics(text in ".{0,200}") {
+            let _ = ClientFrame::parse(&text);
+        }
+
+        /// Arbitrary JSON-ish frames with the right type never panic either.
+        #[test]
+        fn typed_garbage_never_panics(kind in "subscribe|unsubscribe|publish|x", rest in ".{0,80}") {
+            let _ = ClientFrame::parse(&format!(r#"{{"type":"{kind}",{rest}"#));
+        }
+    }
+
     #[test]
     fn refuses_bad_frames_with_codes() {
         let cases = [

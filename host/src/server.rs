@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::envelope::{TenantId, Topic};
 use crate::frame::FrameFormat;
 use crate::guest::{Authorization, GuestLimits, GuestRegistry, GuestRuntime};
-use crate::hub::{Hub, TopicFilter};
+use crate::hub::{Hub, LimitReached, SessionLimits, TopicFilter};
 use crate::listener::{self, ListenerConfig, Readiness};
 use crate::metrics as m;
 use crate::pipeline::{self, FailureRules, Workers};
@@ -106,7 +106,10 @@ pub async fn run(
         None => None,
     };
 
-    let hub = Arc::new(Hub::new(config.session_queue));
+    let hub = Arc::new(Hub::new(config.session_queue).with_limits(SessionLimits {
+        total: config.max_connections,
+        per_tenant: config.max_connections_per_tenant,
+    }));
     let readiness = Readiness::default();
     let (events_tx, events_rx) = mpsc::channel(LISTENER_QUEUE);
     let (backoff_min, backoff_max) = config.reconnect_backoff();
@@ -429,8 +432,18 @@ async fn ws_handler(
 
     // Registered before the 101 goes out, so a message published right after the client sees the
     // upgrade already has somewhere to go.
+    let registration = app
+        .hub
+        .register(&identity.tenant, format, filter)
+        .map_err(|e| {
+            let reason = match e {
+                LimitReached::Total(_) => "server_full",
+                LimitReached::Tenant(_) => "tenant_full",
+            };
+            refuse(StatusCode::SERVICE_UNAVAILABLE, reason, e.to_string())
+        })?;
     let session = Session {
-        registration: app.hub.register(&identity.tenant, format, filter),
+        registration,
         identity,
         protocol,
     };

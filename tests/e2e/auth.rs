@@ -295,3 +295,55 @@ async fn session_closes_when_its_token_expires() -> anyhow::Result<()> {
     assert_eq!(c.recv_close().await?, Some(4001));
     Ok(())
 }
+
+/// ES256 tokens verified with a public key file (`--jwt-public-key`); an HS256 token is then refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn es256_public_key_tokens() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("pgws-test-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let private = dir.join("ec.pem");
+    let public = dir.join("ec.pub.pem");
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let status = std::process::Command::new("openssl").args(args).status()?;
+        anyhow::ensure!(status.success(), "openssl {args:?} failed");
+        Ok(())
+    };
+    let (private_s, public_s) = (private.display().to_string(), public.display().to_string());
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        &private_s,
+    ])?;
+    run(&["pkey", "-in", &private_s, "-pubout", "-out", &public_s])?;
+
+    let (server, sql) = spawn_app(&["--jwt-public-key", &public_s, "--frame", "raw"]).await?;
+    let key = EncodingKey::from_ec_pem(&std::fs::read(&private)?)?;
+    let es = encode(
+        &Header::new(Algorithm::ES256),
+        &json!({"tenant": "a", "exp": now() + 600}),
+        &key,
+    )?;
+    let mut c = Client::connect(&server.ws_url(&format!("?token={es}"))).await?;
+    notify(&sql, r#"a,{"signed":"es256"}"#).await?;
+    assert_eq!(c.recv_json().await?, json!({"signed": "es256"}));
+    // An HS256 token (even one "signed" with the public key's text) is not accepted.
+    let hs = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"tenant": "a", "exp": now() + 600}),
+        &EncodingKey::from_secret(&std::fs::read(&public)?),
+    )?;
+    let err = Client::connect(&server.ws_url(&format!("?token={hs}")))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("HTTP 401"), "{err}");
+    server
+        .wait_log(&["bad_algorithm"], Duration::from_secs(2))
+        .await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -324,3 +324,65 @@ async fn sigterm_closes_sessions_with_1001() -> anyhow::Result<()> {
     assert!(started.elapsed() < Duration::from_secs(5));
     Ok(())
 }
+
+/// Connection limits: past the per-tenant and the total cap, upgrades are refused with 503 and
+/// counted; other tenants still connect, and a freed place can be taken again.
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_limits_are_enforced() -> anyhow::Result<()> {
+    let url = PgCluster::shared().fresh_database().await?;
+    let mut args = DEV.to_vec();
+    args.extend([
+        "--max-connections",
+        "5",
+        "--max-connections-per-tenant",
+        "3",
+    ]);
+    let server = Server::start(&url, &args).await?;
+    let mut a = Vec::new();
+    for _ in 0..3 {
+        a.push(Client::connect(&server.ws_url("?tenant=a")).await?);
+    }
+    let err = Client::connect(&server.ws_url("?tenant=a"))
+        .await
+        .err()
+        .expect("tenant full");
+    assert!(err.to_string().contains("HTTP 503"), "{err}");
+    let b1 = Client::connect(&server.ws_url("?tenant=b")).await?;
+    let _b2 = Client::connect(&server.ws_url("?tenant=b")).await?;
+    let err = Client::connect(&server.ws_url("?tenant=c"))
+        .await
+        .err()
+        .expect("server full");
+    assert!(err.to_string().contains("HTTP 503"), "{err}");
+    assert_eq!(
+        server
+            .metric(
+                "pgws_connections_refused_total",
+                &[("reason", "tenant_full")]
+            )
+            .await?,
+        1.0
+    );
+    assert_eq!(
+        server
+            .metric(
+                "pgws_connections_refused_total",
+                &[("reason", "server_full")]
+            )
+            .await?,
+        1.0
+    );
+    drop(b1);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match Client::connect(&server.ws_url("?tenant=c")).await {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
