@@ -75,6 +75,11 @@ pub struct Config {
     #[arg(long, env = "PGWS_GUESTS")]
     pub guests: Option<PathBuf>,
 
+    /// Token that guards the admin API (`/admin/guests`: list, upload, remove, roll back guests).
+    /// Without it the admin API is off.
+    #[arg(long, env = "PGWS_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     /// Where compiled guests are cached so a restart does not recompile them.
     /// Default: `$XDG_CACHE_HOME/pgws` or `~/.cache/pgws`.
     #[arg(long, env = "PGWS_GUEST_CACHE")]

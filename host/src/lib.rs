@@ -18,8 +18,10 @@
 //! - [`auth`]: JWT verification into an identity (tenant, topics, mode);
 //! - [`publisher`]: client messages into Postgres via `pg_notify`;
 //! - [`server`]: HTTP routes, who a client is, start-up and shutdown order;
+//! - [`admin`]: the token-guarded API to list, upload, remove and roll back guests;
 //! - [`config`], [`metrics`]: settings and the `/metrics` vocabulary.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod envelope;

@@ -92,7 +92,7 @@ pub struct Workers {
 impl Workers {
     /// Starts `threads` workers. They stop when the last handle is dropped.
     pub fn start(
-        registry: Option<Arc<GuestRegistry>>,
+        registry: Arc<GuestRegistry>,
         hub: Arc<Hub>,
         rules: FailureRules,
         threads: usize,
@@ -290,6 +290,7 @@ impl GuestSlot {
         if failure.poisons_instance() {
             self.instance = None;
         }
+        crate::guest::count_failure(&self.module);
         self.failures += 1;
         metrics::counter!(m::GUEST_FAILURES, "tenant" => tenant.to_string(), "kind" => failure.kind())
             .increment(1);
@@ -318,7 +319,7 @@ impl GuestSlot {
 
 struct Worker {
     jobs: mpsc::Receiver<Job>,
-    registry: Option<Arc<GuestRegistry>>,
+    registry: Arc<GuestRegistry>,
     hub: Arc<Hub>,
     rules: FailureRules,
     tenants: HashMap<TenantId, TenantSlot>,
@@ -340,7 +341,7 @@ impl Worker {
 
     fn handle(&mut self, job: Job) {
         let tenant = job.tenant().clone();
-        let module = self.registry.as_ref().and_then(|r| r.lookup(&tenant));
+        let module = self.registry.lookup(&tenant);
         let slot = self.tenants.entry(tenant.clone()).or_default();
         // The registry is the truth: a slot whose module was replaced or removed starts afresh, so
         // the next message after a swap runs on the new module.
@@ -352,7 +353,8 @@ impl Worker {
             (Some(module), Some(g)) if Arc::ptr_eq(&g.module, &module) => Some(g),
             (Some(module), g) => Some(g.insert(GuestSlot::new(module))),
         };
-        let guest = guest.zip(self.registry.as_deref().map(GuestRegistry::runtime));
+        let runtime = self.registry.runtime();
+        let guest = guest.map(|g| (g, runtime));
         let rules = &self.rules;
         match job {
             Job::Notify(n) => {

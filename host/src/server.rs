@@ -101,10 +101,11 @@ pub async fn run(
             .context("setting up the publish connection pool")?,
     );
 
-    let registry = match &config.guests {
-        Some(dir) => Some(load_guests(&config, dir.clone()).await?),
-        None => None,
-    };
+    let registry = load_guests(&config).await?;
+    if let Some(dir) = &config.guests {
+        crate::guest::watch_dir(registry.clone(), dir.clone(), shutdown.clone())
+            .with_context(|| format!("watching guest directory {}", dir.display()))?;
+    }
 
     let hub = Arc::new(Hub::new(config.session_queue).with_limits(SessionLimits {
         total: config.max_connections,
@@ -126,7 +127,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     let workers = Workers::start(
-        registry,
+        registry.clone(),
         hub.clone(),
         FailureRules {
             policy: config.guest_failure,
@@ -158,12 +159,17 @@ pub async fn run(
         shutdown: shutdown.clone(),
         sessions: sessions.clone(),
     };
+    let admin = match &config.admin_token {
+        Some(token) => crate::admin::routes(registry.clone(), token),
+        None => Router::new(),
+    };
     let app = Router::new()
         .route("/ws", get(ws_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
-        .with_state(state);
+        .with_state(state)
+        .merge(admin);
 
     let addr = tcp.local_addr()?;
     tracing::info!(%addr, channels = ?config.channels, "pgws serving");
@@ -187,10 +193,8 @@ pub async fn run(
     Ok(())
 }
 
-async fn load_guests(
-    config: &Config,
-    dir: std::path::PathBuf,
-) -> anyhow::Result<Arc<GuestRegistry>> {
+/// Starts the WebAssembly runtime and loads the guest directory, if any, before anything listens.
+async fn load_guests(config: &Config) -> anyhow::Result<Arc<GuestRegistry>> {
     let limits = GuestLimits {
         timeout: config.guest_timeout(),
         memory_bytes: (config.guest_memory_mb as usize).saturating_mul(1 << 20),
@@ -198,14 +202,17 @@ async fn load_guests(
         max_routes: config.guest_max_routes,
     };
     let cache = config.guest_cache.clone().or_else(default_cache_dir);
+    let dir = config.guests.clone();
     tokio::task::spawn_blocking(move || {
         let runtime =
             GuestRuntime::new(limits, cache).context("starting the WebAssembly runtime")?;
         let registry = GuestRegistry::new(runtime);
-        let loaded = registry
-            .load_dir(&dir)
-            .with_context(|| format!("reading guest directory {}", dir.display()))?;
-        tracing::info!(dir = %dir.display(), loaded, "guests ready");
+        if let Some(dir) = dir {
+            let loaded = registry
+                .load_dir(&dir)
+                .with_context(|| format!("reading guest directory {}", dir.display()))?;
+            tracing::info!(dir = %dir.display(), loaded, "guests ready");
+        }
         Ok(Arc::new(registry))
     })
     .await

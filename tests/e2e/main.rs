@@ -6,5 +6,6 @@ mod harness;
 
 mod auth;
 mod guests;
+mod hotswap;
 mod pipeline;
 mod reliability;

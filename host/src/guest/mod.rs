@@ -3,7 +3,8 @@
 //! - `bindings`: the generated WIT bindings and their mapping to host types;
 //! - `runtime`: engine, linker, compile cache, epoch clock, limits;
 //! - `instance`: one warm instance and the checks around a call;
-//! - `registry`: which module serves which tenant, swapped atomically.
+//! - `registry`: which module serves which tenant, swapped atomically, with one version of history;
+//! - `watch`: follows the guest directory and reloads what changed.
 //!
 //! Nothing here knows about sockets or Postgres; the pipeline calls in with one notification at a time.
 
@@ -11,10 +12,13 @@ mod bindings;
 mod instance;
 mod registry;
 mod runtime;
+mod watch;
 
 pub use bindings::{
     Authorization, ClientMessageRef, ClientVerdict, ConnectionRef, NotificationRef, Verdict,
 };
 pub use instance::{CallFailure, GuestInstance};
-pub use registry::{GuestRegistry, GuestTarget, DEFAULT_GUEST};
+pub(crate) use registry::count_failure;
+pub use registry::{GuestInfo, GuestRegistry, GuestTarget, DEFAULT_GUEST};
 pub use runtime::{GuestLimits, GuestModule, GuestRuntime, LoadError};
+pub use watch::watch_dir;

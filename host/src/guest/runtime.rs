@@ -7,6 +7,7 @@
 //! (`registry`) or run calls (`instance`).
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -72,6 +73,8 @@ pub struct GuestModule {
     pub size: usize,
     pub loaded_at: SystemTime,
     pub compile_time: Duration,
+    /// Failed calls of this version, for the admin listing.
+    pub(super) failures: AtomicU64,
 }
 
 impl GuestModule {
@@ -171,6 +174,7 @@ impl GuestRuntime {
             size: bytes.len(),
             loaded_at: SystemTime::now(),
             compile_time: started.elapsed(),
+            failures: AtomicU64::new(0),
         };
         // A trial instance catches start functions that trap or memories over the cap before the
         // module is allowed to replace a working one.
@@ -181,7 +185,7 @@ impl GuestRuntime {
 }
 
 /// FNV-1a 64 of the bytes, in hex: enough to tell versions apart in logs; not a security measure.
-fn short_digest(bytes: &[u8]) -> String {
+pub(super) fn short_digest(bytes: &[u8]) -> String {
     let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     });

@@ -1,0 +1,160 @@
+//! The admin API: list, upload, remove and roll back tenant guests while the server runs.
+//!
+//! Owns the `/admin/guests` routes and their bearer-token guard. Uploads are compiled off the async
+//! runtime and installed only if valid; a refused module leaves the running one serving and the reason
+//! goes back in the response. Uploaded guests live in memory (a file in the guest directory with the
+//! same name replaces them when it changes). It does not compile or swap guests itself (`guest`).
+//!
+//! ```text
+//! GET    /admin/guests                   list loaded guests: version, size, load time, failures
+//! PUT    /admin/guests/<tenant>          body: component bytes → 200 {version…} | 400 {error}
+//! DELETE /admin/guests/<tenant>          → 200 | 404
+//! POST   /admin/guests/<tenant>/rollback → 200 {version…} | 409 when there is no previous version
+//! ```
+//! `<tenant>` may be `_default`. Every request needs `Authorization: Bearer <--admin-token>`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::guest::{GuestModule, GuestRegistry, GuestTarget};
+
+/// Largest component the API accepts (Python and JavaScript components run to tens of MB).
+const MAX_UPLOAD: usize = 128 << 20;
+
+#[derive(Clone)]
+struct Admin {
+    registry: Arc<GuestRegistry>,
+    token: Arc<str>,
+}
+
+/// The admin routes, guarded by `token`.
+pub fn routes(registry: Arc<GuestRegistry>, token: &str) -> Router {
+    let admin = Admin {
+        registry,
+        token: Arc::from(token),
+    };
+    Router::new()
+        .route("/admin/guests", get(list))
+        .route(
+            "/admin/guests/{name}",
+            put(upload)
+                .delete(remove)
+                .layer(DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
+        .route("/admin/guests/{name}/rollback", post(rollback))
+        .layer(middleware::from_fn_with_state(admin.clone(), guard))
+        .with_state(admin)
+}
+
+/// Compares in constant time, so response timing does not reveal how much of a guess was right.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn guard(State(admin): State<Admin>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(t) if same(t.as_bytes(), admin.token.as_bytes()) => next.run(request).await,
+        _ => {
+            tracing::warn!(path = %request.uri().path(), "admin request refused: missing or wrong token");
+            ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong admin token".into(),
+            )
+            .into_response()
+        }
+    }
+}
+
+/// A refused admin request: a status and a message, sent as `{"error": …}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+type Reply = Result<Json<serde_json::Value>, ApiError>;
+
+fn target(name: &str) -> Result<GuestTarget, ApiError> {
+    GuestTarget::parse(name).ok_or_else(|| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{name:?} is neither a valid tenant name nor _default"),
+        )
+    })
+}
+
+fn describe(target: &GuestTarget, m: &GuestModule) -> Json<serde_json::Value> {
+    Json(json!({
+        "guest": target.to_string(),
+        "version": m.version,
+        "bytes": m.size,
+        "compile_ms": m.compile_time.as_millis() as u64,
+    }))
+}
+
+async fn list(State(admin): State<Admin>) -> Json<serde_json::Value> {
+    Json(json!({ "guests": admin.registry.list() }))
+}
+
+async fn upload(State(admin): State<Admin>, Path(name): Path<String>, body: Bytes) -> Reply {
+    let target = target(&name)?;
+    let registry = admin.registry.clone();
+    let for_load = target.clone();
+    let loaded = tokio::task::spawn_blocking(move || registry.load(for_load, &body))
+        .await
+        .map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("compiling failed: {e}"),
+            )
+        })?;
+    match loaded {
+        Ok(module) => {
+            tracing::info!(guest = %target, version = %module.version, "guest uploaded and serving");
+            Ok(describe(&target, &module))
+        }
+        Err(e) => {
+            tracing::error!(guest = %target, error = %e, "uploaded guest refused; the previous version keeps serving");
+            Err(ApiError(StatusCode::BAD_REQUEST, e.to_string()))
+        }
+    }
+}
+
+async fn remove(State(admin): State<Admin>, Path(name): Path<String>) -> Reply {
+    let t = target(&name)?;
+    if !admin.registry.remove(&t) {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no guest loaded for {t}"),
+        ));
+    }
+    tracing::info!(guest = %t, "guest removed through the admin API");
+    Ok(Json(json!({ "removed": t.to_string() })))
+}
+
+async fn rollback(State(admin): State<Admin>, Path(name): Path<String>) -> Reply {
+    let t = target(&name)?;
+    let m = admin.registry.rollback(&t).ok_or_else(|| {
+        ApiError(
+            StatusCode::CONFLICT,
+            format!("no previous version of {t} to roll back to"),
+        )
+    })?;
+    tracing::info!(guest = %t, version = %m.version, "guest rolled back");
+    Ok(describe(&t, &m))
+}
