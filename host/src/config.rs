@@ -140,6 +140,11 @@ pub struct Config {
     #[arg(long, env = "PGWS_WS_READ_BUFFER", default_value_t = 1024)]
     pub ws_read_buffer: usize,
 
+    /// Seconds a client has to send its complete HTTP request (the WebSocket handshake) after
+    /// connecting; slower connections are closed.
+    #[arg(long, env = "PGWS_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    pub handshake_timeout_secs: u64,
+
     /// Largest message a client may send, in bytes; a bigger one closes the connection (1009).
     #[arg(long, env = "PGWS_MAX_CLIENT_MESSAGE", default_value_t = 64 * 1024)]
     pub max_client_message: usize,

@@ -173,10 +173,13 @@ pub async fn run(
 
     let addr = tcp.local_addr()?;
     tracing::info!(%addr, channels = ?config.channels, "pgws serving");
-    axum::serve(tcp, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .context("HTTP server failed")?;
+    serve_http(
+        tcp,
+        app,
+        Duration::from_secs(config.handshake_timeout_secs.max(1)),
+        shutdown.clone(),
+    )
+    .await;
 
     // Sessions saw the same cancellation and are sending 1001; give them a bounded time to finish.
     sessions.close();
@@ -191,6 +194,51 @@ pub async fn run(
     let _ = pipeline_task.await;
     tracing::info!("pgws stopped");
     Ok(())
+}
+
+/// Accepts connections until `shutdown`, serving each with HTTP/1.1 and upgrades. A client must send
+/// its whole request within `handshake_timeout`, or its connection is closed.
+async fn serve_http(
+    tcp: TcpListener,
+    app: Router,
+    handshake_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = tcp.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(handshake_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                r = connection.as_mut() => r,
+                _ = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
 }
 
 /// Starts the WebAssembly runtime and loads the guest directory, if any, before anything listens.

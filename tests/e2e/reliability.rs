@@ -246,7 +246,12 @@ async fn slow_client_is_closed_others_unaffected() -> anyhow::Result<()> {
 async fn hostile_sockets_leave_no_trace() -> anyhow::Result<()> {
     let url = PgCluster::shared().fresh_database().await?;
     let mut args = DEV.to_vec();
-    args.extend(["--max-client-message", "1024"]);
+    args.extend([
+        "--max-client-message",
+        "1024",
+        "--handshake-timeout-secs",
+        "1",
+    ]);
     let server = Server::start(&url, &args).await?;
 
     // Garbage instead of HTTP.
@@ -298,7 +303,17 @@ async fn hostile_sockets_leave_no_trace() -> anyhow::Result<()> {
     let sql = connect(&url).await?;
     notify(&sql, "acme,{\"ok\":true}").await?;
     assert_eq!(fresh.recv_text().await?, "{\"ok\":true}");
-    drop(stalled);
+    // The stalled handshake was cut off by the handshake timeout.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        PATIENCE,
+        tokio::io::AsyncReadExt::read_to_end(&mut stalled, &mut rest),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "a handshake that never completes is closed by the server"
+    );
     Ok(())
 }
 
