@@ -1,7 +1,8 @@
 //! Microbenchmarks of the per-message hot path: envelope parse, frame encode, and one guest call per
 //! example guest (warm instance, ~200-byte JSON body).
 //!
-//! `cargo bench -p pgws --bench hot_path` — builds the Rust example guests first.
+//! `cargo bench -p pgws --bench hot_path` — builds every language's example guests first
+//! (`guest/languages`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,25 +17,34 @@ use pgws::hub::{Delivery, Hub, TopicFilter};
 /// A ~200-byte body with a secret field for the reshaper and a `kind` for the router.
 const BODY: &str = r#"{"id":12345,"kind":"orders","usr":"ann","password":"hunter2","amount":1999,"currency":"EUR","items":[{"sku":"A-1","qty":2},{"sku":"B-7","qty":1}],"note":"deliver after 5pm, ring twice"}"#;
 
-fn rust_guests() -> PathBuf {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|d| PathBuf::from(d).join("guests"))
-        .unwrap_or_else(|| repo.join("guest/rust/target"));
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(repo.join("guest/rust/Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target)
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the Rust guests failed");
-    target.join("wasm32-wasip2/release")
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds one language's example guests with `guest/<language>/build.sh`; returns their directory.
+fn built(language: &str) -> PathBuf {
+    let base = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"));
+    let out = base.join("guests-out").join(language);
+    let mut cmd = Command::new(repo().join("guest").join(language).join("build.sh"));
+    cmd.arg(&out);
+    if language == "rust" {
+        cmd.env("CARGO_TARGET_DIR", base.join("guests"));
+    }
+    let status = cmd.status().expect("build.sh runs");
+    assert!(status.success(), "building the {language} guests failed");
+    out
+}
+
+fn languages() -> Vec<String> {
+    std::fs::read_to_string(repo().join("guest/languages"))
+        .expect("guest/languages")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn envelope(c: &mut Criterion) {
@@ -86,7 +96,6 @@ fn fanout(c: &mut Criterion) {
 }
 
 fn guests(c: &mut Criterion) {
-    let dir = rust_guests();
     let runtime = GuestRuntime::new(GuestLimits::default(), None).expect("runtime");
     let n = NotificationRef {
         tenant: "acme",
@@ -94,16 +103,19 @@ fn guests(c: &mut Criterion) {
         channel: "pgwebsocket",
         body: BODY,
     };
-    let mut g = c.benchmark_group("guest_call_rust");
-    for name in ["passthrough", "validator", "reshaper", "router"] {
-        let bytes = std::fs::read(dir.join(format!("{name}.wasm"))).expect("guest built");
-        let module = runtime.compile(&bytes).expect("guest compiles");
-        let mut instance = GuestInstance::new(&runtime, &module, "acme").expect("instance");
-        g.bench_function(name, |b| {
-            b.iter(|| instance.on_notify(&runtime, &n).expect("call"))
-        });
+    for language in languages() {
+        let dir = built(&language);
+        let mut g = c.benchmark_group(format!("guest_call_{language}"));
+        for name in ["passthrough", "validator", "reshaper", "router"] {
+            let bytes = std::fs::read(dir.join(format!("{name}.wasm"))).expect("guest built");
+            let module = runtime.compile(&bytes).expect("guest compiles");
+            let mut instance = GuestInstance::new(&runtime, &module, "acme").expect("instance");
+            g.bench_function(name, |b| {
+                b.iter(|| instance.on_notify(&runtime, &n).expect("call"))
+            });
+        }
+        g.finish();
     }
-    g.finish();
 }
 
 criterion_group!(benches, envelope, fanout, guests);

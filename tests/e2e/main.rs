@@ -5,6 +5,7 @@
 mod harness;
 
 mod auth;
+mod conformance;
 mod guests;
 mod hotswap;
 mod pipeline;

@@ -1,41 +1,56 @@
-//! Example guests built from their sources in `guest/`, once per test process.
+//! Example guests built from their sources in `guest/<language>/`, once per test process.
+//!
+//! `guest/languages` lists the languages; each one's `build.sh <out-dir>` writes `<guest>.wasm` files.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// Root of the repository.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Builds the Rust example guests (once) and returns the directory holding `<name>.wasm`.
-pub fn rust_guests() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(|d| PathBuf::from(d).join("guests"))
-            .unwrap_or_else(|| repo().join("guest/rust/target"));
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip2",
-                "--manifest-path",
-            ])
-            .arg(repo().join("guest/rust/Cargo.toml"))
-            .env("CARGO_TARGET_DIR", &target)
-            .status()
-            .expect("running cargo for the guests");
-        assert!(status.success(), "building the Rust guests failed");
-        target.join("wasm32-wasip2/release")
-    })
+/// The languages listed in `guest/languages`.
+pub fn languages() -> Vec<String> {
+    std::fs::read_to_string(repo().join("guest/languages"))
+        .expect("guest/languages")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Builds one language's example guests (once per process) and returns the directory holding them.
+pub fn built(language: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .expect("build lock");
+    if let Some(dir) = built.get(language) {
+        return dir.clone();
+    }
+    let base = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"));
+    let out = base.join("guests-out").join(language);
+    let mut cmd = Command::new(repo().join("guest").join(language).join("build.sh"));
+    cmd.arg(&out);
+    if language == "rust" {
+        cmd.env("CARGO_TARGET_DIR", base.join("guests"));
+    }
+    let status = cmd.status().expect("running build.sh");
+    assert!(status.success(), "building the {language} guests failed");
+    built.insert(language.to_owned(), out.clone());
+    out
 }
 
 /// The path of one built Rust guest.
 pub fn rust_guest(name: &str) -> PathBuf {
-    let path = rust_guests().join(format!("{name}.wasm"));
+    let path = built("rust").join(format!("{name}.wasm"));
     assert!(path.exists(), "{} was not built", path.display());
     path
 }

@@ -1,0 +1,129 @@
+//! Guests in any language: one table of inputs and expected verdicts (`guest/conformance.json`) that
+//! every language's example guests must pass against the real host runtime, and one end-to-end run
+//! per language. A new language is a folder under `guest/` and a line in `guest/languages`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use pgws::guest::{GuestInstance, GuestLimits, GuestRuntime, NotificationRef, Verdict};
+use serde_json::{json, Value};
+
+use crate::harness::guests::{built, guest_dir, languages};
+use crate::harness::{notify, spawn_app, Client};
+
+fn parse(body: &str) -> Value {
+    serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("guest produced invalid JSON {body:?}: {e}"))
+}
+
+/// The verdict as JSON, bodies parsed, so languages that space or order keys differently compare equal.
+fn as_json(v: &Verdict) -> Value {
+    match v {
+        Verdict::Forward => json!("forward"),
+        Verdict::Drop => json!("drop"),
+        Verdict::Reject(r) => json!({ "reject": r }),
+        Verdict::Replace(b) => json!({ "replace": parse(b) }),
+        Verdict::Route(routes) => json!({ "route": routes.iter().map(|(t, b)| json!({
+            "topic": t,
+            "body": b.as_deref().map(parse),
+        })).collect::<Vec<_>>() }),
+    }
+}
+
+/// Every language's passthrough, validator, reshaper and router give the table's verdicts.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_language_passes_the_conformance_table() -> anyhow::Result<()> {
+    let table: Value = serde_json::from_str(&std::fs::read_to_string(
+        crate::harness::guests::repo().join("guest/conformance.json"),
+    )?)?;
+    let cases = table["cases"].as_array().expect("cases");
+    let cache = std::env::temp_dir().join("pgws-test-wasm-cache");
+    let runtime = GuestRuntime::new(GuestLimits::default(), Some(cache))?;
+    let mut failures = Vec::new();
+    for language in languages() {
+        let dir = tokio::task::spawn_blocking({
+            let language = language.clone();
+            move || built(&language)
+        })
+        .await?;
+        let mut instances: HashMap<String, GuestInstance> = HashMap::new();
+        for case in cases {
+            let guest = case["guest"].as_str().expect("guest").to_owned();
+            if !instances.contains_key(&guest) {
+                let bytes = std::fs::read(dir.join(format!("{guest}.wasm")))?;
+                let module = runtime
+                    .compile(&bytes)
+                    .map_err(|e| anyhow::anyhow!("{language}/{guest}: {e}"))?;
+                instances.insert(guest.clone(), GuestInstance::new(&runtime, &module, "t")?);
+            }
+            let instance = instances.get_mut(&guest).expect("instance");
+            let body = case["body"].to_string();
+            let n = NotificationRef {
+                tenant: case["tenant"].as_str().unwrap_or("acme"),
+                topic: case["topic"].as_str(),
+                channel: "pgwebsocket",
+                body: &body,
+            };
+            let got = instance
+                .on_notify(&runtime, &n)
+                .map(|v| as_json(&v))
+                .unwrap_or_else(|e| json!({ "failed": e.to_string() }));
+            if got != case["expect"] {
+                failures.push(format!(
+                    "{language}/{guest} on {body}: expected {}, got {got}",
+                    case["expect"]
+                ));
+            }
+        }
+        eprintln!("conformance: {language} ran {} cases", cases.len());
+    }
+    assert!(
+        failures.is_empty(),
+        "conformance failures:\n{}",
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+/// End to end in every language at once: NOTIFY → that language's reshaper (one tenant per language)
+/// → WebSocket client.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_language_end_to_end() -> anyhow::Result<()> {
+    let langs = languages();
+    let mut entries = Vec::new();
+    for language in &langs {
+        let language = language.clone();
+        let dir = tokio::task::spawn_blocking(move || built(&language)).await?;
+        entries.push(dir.join("reshaper.wasm"));
+    }
+    let named: Vec<(&str, &std::path::Path)> = langs
+        .iter()
+        .map(String::as_str)
+        .zip(entries.iter().map(|p| p.as_path()))
+        .collect();
+    let dir = guest_dir(&named);
+    let dir_s = dir.display().to_string();
+    let (server, sql) = spawn_app(&[
+        "--insecure-tenant-param",
+        "--frame",
+        "raw",
+        "--guests",
+        &dir_s,
+    ])
+    .await?;
+    for language in &langs {
+        let mut c = Client::connect(&server.ws_url(&format!("?tenant={language}"))).await?;
+        notify(
+            &sql,
+            &format!(r#"{language},{{"usr":"ann","password":"x","n":1}}"#),
+        )
+        .await?;
+        assert_eq!(
+            c.recv_json().await?,
+            json!({"user": "ann", "n": 1, "tenant": language}),
+            "{language} reshaper end to end"
+        );
+        c.expect_silence(Duration::from_millis(50)).await?;
+    }
+    Ok(())
+}
