@@ -4,8 +4,6 @@
 //! `cargo bench -p pgws --bench hot_path` — builds every language's example guests first
 //! (`guest/languages`).
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -17,35 +15,8 @@ use pgws::hub::{Delivery, Hub, TopicFilter};
 /// A ~200-byte body with a secret field for the reshaper and a `kind` for the router.
 const BODY: &str = r#"{"id":12345,"kind":"orders","usr":"ann","password":"hunter2","amount":1999,"currency":"EUR","items":[{"sku":"A-1","qty":2},{"sku":"B-7","qty":1}],"note":"deliver after 5pm, ring twice"}"#;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Builds one language's example guests with `guest/<language>/build.sh`; returns their directory.
-fn built(language: &str) -> PathBuf {
-    let base = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target"));
-    let out = base.join("guests-out").join(language);
-    let mut cmd = Command::new(repo().join("guest").join(language).join("build.sh"));
-    cmd.arg(&out);
-    if language == "rust" {
-        cmd.env("CARGO_TARGET_DIR", base.join("guests"));
-    }
-    let status = cmd.status().expect("build.sh runs");
-    assert!(status.success(), "building the {language} guests failed");
-    out
-}
-
-fn languages() -> Vec<String> {
-    std::fs::read_to_string(repo().join("guest/languages"))
-        .expect("guest/languages")
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect()
-}
+#[path = "../../tests/e2e/harness/languages.rs"]
+mod languages;
 
 fn envelope(c: &mut Criterion) {
     let payload = format!("acme/orders,{BODY}");
@@ -103,8 +74,8 @@ fn guests(c: &mut Criterion) {
         channel: "pgwebsocket",
         body: BODY,
     };
-    for language in languages() {
-        let dir = built(&language);
+    for language in languages::languages() {
+        let dir = languages::build(&language);
         let mut g = c.benchmark_group(format!("guest_call_{language}"));
         for name in ["passthrough", "validator", "reshaper", "router"] {
             let bytes = std::fs::read(dir.join(format!("{name}.wasm"))).expect("guest built");

@@ -9,7 +9,7 @@ use pgws::guest::{GuestInstance, GuestLimits, GuestRuntime, NotificationRef, Ver
 use serde_json::{json, Value};
 
 use crate::harness::guests::{built, guest_dir, languages};
-use crate::harness::{notify, spawn_app, Client};
+use crate::harness::{notify, spawn_with_guests, Client};
 
 fn parse(body: &str) -> Value {
     serde_json::from_str(body)
@@ -102,15 +102,7 @@ async fn each_language_end_to_end() -> anyhow::Result<()> {
         .zip(entries.iter().map(|p| p.as_path()))
         .collect();
     let dir = guest_dir(&named);
-    let dir_s = dir.display().to_string();
-    let (server, sql) = spawn_app(&[
-        "--insecure-tenant-param",
-        "--frame",
-        "raw",
-        "--guests",
-        &dir_s,
-    ])
-    .await?;
+    let (server, sql) = spawn_with_guests(&dir, &[]).await?;
     for language in &langs {
         let mut c = Client::connect(&server.ws_url(&format!("?tenant={language}"))).await?;
         notify(

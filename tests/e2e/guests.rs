@@ -5,11 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::harness::guests::{guest_dir, rust_guest};
-use crate::harness::{notify, spawn_app, Client};
-
-fn dir_arg(dir: &std::path::Path) -> String {
-    dir.display().to_string()
-}
+use crate::harness::{notify, spawn_with_guests, Client};
 
 /// Four tenants with four different guests at once (and a default): each guest's effect shows in what
 /// its tenant's clients receive, and only there.
@@ -21,14 +17,7 @@ async fn each_example_guest_shapes_its_tenant() -> anyhow::Result<()> {
         ("route", &rust_guest("router")),
         ("_default", &rust_guest("passthrough")),
     ]);
-    let (server, sql) = spawn_app(&[
-        "--insecure-tenant-param",
-        "--frame",
-        "raw",
-        "--guests",
-        &dir_arg(&dir),
-    ])
-    .await?;
+    let (server, sql) = spawn_with_guests(&dir, &[]).await?;
     let mut val = Client::connect(&server.ws_url("?tenant=val")).await?;
     let mut shape = Client::connect(&server.ws_url("?tenant=shape")).await?;
     let mut orders = Client::connect(&server.ws_url("?tenant=route&topics=orders")).await?;
@@ -98,20 +87,15 @@ async fn guest_failures_are_contained() -> anyhow::Result<()> {
         ("bad", &rust_guest("misbehave")),
         ("good", &rust_guest("passthrough")),
     ]);
-    let (mut server, sql) = spawn_app(&[
-        "--insecure-tenant-param",
-        "--frame",
-        "raw",
-        "--guests",
-        &dir_arg(&dir),
+    let limits = [
         "--guest-timeout-ms",
         "50",
         "--guest-memory-mb",
         "32",
         "--guest-max-failures",
         "100",
-    ])
-    .await?;
+    ];
+    let (mut server, sql) = spawn_with_guests(&dir, &limits).await?;
     let mut bad = Client::connect(&server.ws_url("?tenant=bad")).await?;
     let mut good = Client::connect(&server.ws_url("?tenant=good")).await?;
 
@@ -153,17 +137,7 @@ async fn guest_failures_are_contained() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn failing_guest_is_isolated_per_policy() -> anyhow::Result<()> {
     let dir = guest_dir(&[("bad", &rust_guest("misbehave"))]);
-    let base = [
-        "--insecure-tenant-param",
-        "--frame",
-        "raw",
-        "--guests",
-        &dir_arg(&dir),
-        "--guest-max-failures",
-        "2",
-    ];
-
-    let (server, sql) = spawn_app(&base).await?;
+    let (server, sql) = spawn_with_guests(&dir, &["--guest-max-failures", "2"]).await?;
     let mut bad = Client::connect(&server.ws_url("?tenant=bad")).await?;
     notify(&sql, r#"bad,{"do":"trap"}"#).await?;
     notify(&sql, r#"bad,{"do":"trap"}"#).await?;
@@ -184,9 +158,8 @@ async fn failing_guest_is_isolated_per_policy() -> anyhow::Result<()> {
     assert_eq!(isolated, 1.0);
     drop(server);
 
-    let mut open = base.to_vec();
-    open.extend(["--guest-failure", "open"]);
-    let (server, sql) = spawn_app(&open).await?;
+    let open = ["--guest-max-failures", "2", "--guest-failure", "open"];
+    let (server, sql) = spawn_with_guests(&dir, &open).await?;
     let mut bad = Client::connect(&server.ws_url("?tenant=bad")).await?;
     notify(&sql, r#"bad,{"do":"trap"}"#).await?;
     assert_eq!(
@@ -202,14 +175,7 @@ async fn failing_guest_is_isolated_per_policy() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn guest_has_no_files_env_or_network() -> anyhow::Result<()> {
     let dir = guest_dir(&[("bad", &rust_guest("misbehave"))]);
-    let (server, sql) = spawn_app(&[
-        "--insecure-tenant-param",
-        "--frame",
-        "raw",
-        "--guests",
-        &dir_arg(&dir),
-    ])
-    .await?;
+    let (server, sql) = spawn_with_guests(&dir, &[]).await?;
     let mut bad = Client::connect(&server.ws_url("?tenant=bad")).await?;
     notify(&sql, r#"bad,{"do":"escape"}"#).await?;
     let report = bad.recv_json().await?;
@@ -232,14 +198,7 @@ async fn bad_guest_files_are_refused_at_startup() -> anyhow::Result<()> {
     std::fs::write(dir.join("junk.wasm"), b"not wasm at all")?;
     let passthrough = std::fs::read(rust_guest("passthrough"))?;
     std::fs::write(dir.join("cut.wasm"), &passthrough[..passthrough.len() / 2])?;
-    let (server, sql) = spawn_app(&[
-        "--insecure-tenant-param",
-        "--frame",
-        "raw",
-        "--guests",
-        &dir_arg(&dir),
-    ])
-    .await?;
+    let (server, sql) = spawn_with_guests(&dir, &[]).await?;
     server
         .wait_log(&["guest refused", "junk.wasm"], Duration::from_secs(2))
         .await?;

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::harness::guests::{guest_dir, rust_guest};
 use crate::harness::http::request;
-use crate::harness::{connect, notify, spawn_app, Client, PATIENCE};
+use crate::harness::{connect, notify, spawn_app, spawn_with_guests, Client, PATIENCE};
 
 const ADMIN: &str = "admin-token-for-tests";
 
@@ -202,15 +202,7 @@ async fn until_version(
 #[tokio::test(flavor = "multi_thread")]
 async fn directory_changes_swap_guests() -> anyhow::Result<()> {
     let dir = guest_dir(&[("hot", &rust_guest("passthrough"))]);
-    let dir_s = dir.display().to_string();
-    let (server, sql) = spawn_app(&[
-        "--insecure-tenant-param",
-        "--frame",
-        "raw",
-        "--guests",
-        &dir_s,
-    ])
-    .await?;
+    let (server, sql) = spawn_with_guests(&dir, &[]).await?;
     let mut c = Client::connect(&server.ws_url("?tenant=hot")).await?;
     until_version(&sql, &mut c, false).await?;
 

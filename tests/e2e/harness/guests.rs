@@ -1,27 +1,11 @@
-//! Example guests built from their sources in `guest/<language>/`, once per test process.
-//!
-//! `guest/languages` lists the languages; each one's `build.sh <out-dir>` writes `<guest>.wasm` files.
+//! Example guests built from their sources in `guest/<language>/`, once per test process, and
+//! directories of guests for a server to serve.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
-/// Root of the repository.
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The languages listed in `guest/languages`.
-pub fn languages() -> Vec<String> {
-    std::fs::read_to_string(repo().join("guest/languages"))
-        .expect("guest/languages")
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect()
-}
+pub use super::languages::{languages, repo};
 
 /// Builds one language's example guests (once per process) and returns the directory holding them.
 pub fn built(language: &str) -> PathBuf {
@@ -33,17 +17,7 @@ pub fn built(language: &str) -> PathBuf {
     if let Some(dir) = built.get(language) {
         return dir.clone();
     }
-    let base = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target"));
-    let out = base.join("guests-out").join(language);
-    let mut cmd = Command::new(repo().join("guest").join(language).join("build.sh"));
-    cmd.arg(&out);
-    if language == "rust" {
-        cmd.env("CARGO_TARGET_DIR", base.join("guests"));
-    }
-    let status = cmd.status().expect("running build.sh");
-    assert!(status.success(), "building the {language} guests failed");
+    let out = super::languages::build(language);
     built.insert(language.to_owned(), out.clone());
     out
 }

@@ -3,6 +3,7 @@
 
 pub mod guests;
 pub mod http;
+pub mod languages;
 pub mod pg;
 pub mod server;
 
@@ -26,6 +27,24 @@ pub async fn spawn_app(args: &[&str]) -> anyhow::Result<(Server, tokio_postgres:
     let server = Server::start(&url, args).await?;
     let sql = connect(&url).await?;
     Ok((server, sql))
+}
+
+/// [`spawn_app`] in development mode (`?tenant=`), raw frames, serving the guests in `dir`, plus
+/// `extra` flags.
+pub async fn spawn_with_guests(
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> anyhow::Result<(Server, tokio_postgres::Client)> {
+    let dir = dir.display().to_string();
+    let mut args = vec![
+        "--insecure-tenant-param",
+        "--frame",
+        "raw",
+        "--guests",
+        &dir,
+    ];
+    args.extend_from_slice(extra);
+    spawn_app(&args).await
 }
 
 /// A real WebSocket client.
