@@ -1,0 +1,314 @@
+//! Load generator for pgws: opens many WebSocket clients across tenants, sends paced NOTIFYs carrying
+//! their send time, and reports deliveries per second, end-to-end latency percentiles, losses, and the
+//! server's CPU and memory read from /proc.
+//!
+//! ```text
+//! loadgen --ws ws://127.0.0.1:8080/ws --database-url 'host=… dbname=…' --server-pid <pid> \
+//!         --clients 1000 --tenants 10 --rate 100 --seconds 10
+//! loadgen … --rate 0 --seconds 30        # idle: only connect and measure memory per connection
+//! ```
+//! The server must accept `?tenant=` (`--insecure-tenant-param`); frames may be raw or pgws-shaped.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::Parser;
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Load generator for pgws")]
+struct Args {
+    /// WebSocket endpoint of the server.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    ws: String,
+    /// Database the server LISTENs on.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Channel to NOTIFY on.
+    #[arg(long, default_value = "pgwebsocket")]
+    channel: String,
+    /// Server process to read CPU and RSS from (/proc/<pid>).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// WebSocket clients to open.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Tenants the clients (and messages) are spread over.
+    #[arg(long, default_value_t = 1)]
+    tenants: usize,
+    /// NOTIFYs per second in all (0: idle run, no messages).
+    #[arg(long, default_value_t = 100)]
+    rate: u64,
+    /// NOTIFYs per transaction (1: single-NOTIFY commits).
+    #[arg(long, default_value_t = 1)]
+    batch: u64,
+    /// Producer connections the rate is spread over.
+    #[arg(long, default_value_t = 4)]
+    producers: u64,
+    /// How long to send, in seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Spread client connections over this many 127.0.0.x source addresses (ports run out past ~28k
+    /// connections per source address).
+    #[arg(long, default_value_t = 1)]
+    source_addrs: u8,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// CPU time (ticks) and RSS (KiB) of a process.
+fn proc_stats(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((ticks, rss))
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The send time inside a frame: `{"ts":…}` (raw) or `{"payload":{"ts":…}}` (pgws).
+fn sent_at(text: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    v.get("ts")
+        .or_else(|| v.get("payload")?.get("ts"))
+        .and_then(|t| t.as_u64())
+}
+
+struct Totals {
+    delivered: AtomicU64,
+    latency: Mutex<Histogram<u64>>,
+}
+
+async fn open_client(
+    args: &Args,
+    i: usize,
+) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    let url = format!("{}?tenant=t{}", args.ws, i % args.tenants);
+    let host: SocketAddr = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .context("ws url")?
+        .parse()
+        .context("ws url must be ws://<ip>:<port>/…")?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    let source = Ipv4Addr::new(127, 0, 0, 1 + (i % args.source_addrs.max(1) as usize) as u8);
+    socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+    let stream = socket.connect(host).await?;
+    stream.set_nodelay(true)?;
+    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    Ok(ws)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let idle_before = args.server_pid.and_then(proc_stats);
+
+    // Connect every client first.
+    let connect_started = Instant::now();
+    let mut sockets = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        sockets.push(
+            open_client(&args, i)
+                .await
+                .with_context(|| format!("client {i}"))?,
+        );
+    }
+    let connect_time = connect_started.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_after = args.server_pid.and_then(proc_stats);
+
+    let totals = Arc::new(Totals {
+        delivered: AtomicU64::new(0),
+        latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut readers = Vec::new();
+    for ws in sockets {
+        let totals = totals.clone();
+        let mut stop = stop_rx.clone();
+        readers.push(tokio::spawn(async move {
+            let (_write, mut read) = ws.split();
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            let mut count = 0u64;
+            loop {
+                let msg = tokio::select! {
+                    _ = stop.changed() => break,
+                    msg = read.next() => msg,
+                };
+                let Some(Ok(msg)) = msg else { break };
+                if let Message::Text(t) = msg {
+                    if let Some(ts) = sent_at(&t) {
+                        let _ = local.record(now_micros().saturating_sub(ts).max(1));
+                        count += 1;
+                    }
+                }
+            }
+            totals.delivered.fetch_add(count, Ordering::Relaxed);
+            if let Ok(mut h) = totals.latency.lock() {
+                let _ = h.add(&local);
+            }
+        }));
+    }
+
+    // Produce.
+    let sent = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let cpu_before = args.server_pid.and_then(proc_stats);
+    if args.rate > 0 {
+        let mut producers = Vec::new();
+        for p in 0..args.producers.max(1) {
+            let args = args.clone();
+            let sent = sent.clone();
+            producers.push(tokio::spawn(async move {
+                let (client, conn) = tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await?;
+                tokio::spawn(conn);
+                let per_producer = (args.rate as f64 / args.producers.max(1) as f64).max(0.001);
+                let txn_every = Duration::from_secs_f64(args.batch as f64 / per_producer);
+                let mut tick = tokio::time::interval(txn_every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                let end = Instant::now() + Duration::from_secs(args.seconds);
+                let mut n = 0u64;
+                while Instant::now() < end {
+                    tick.tick().await;
+                    let mut sql = String::from("begin;");
+                    for _ in 0..args.batch {
+                        n += 1;
+                        let tenant = (n * args.producers + p) % args.tenants as u64;
+                        sql.push_str(&format!(
+                            "select pg_notify('{}', 't{tenant},{{\"ts\":{},\"p\":{p},\"n\":{n}}}');",
+                            args.channel,
+                            now_micros()
+                        ));
+                    }
+                    sql.push_str("commit;");
+                    client.batch_execute(&sql).await?;
+                    sent.fetch_add(args.batch, Ordering::Relaxed);
+                }
+                Ok::<_, anyhow::Error>(())
+            }));
+        }
+        for p in producers {
+            p.await??;
+        }
+    } else {
+        tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    }
+    let send_time = started.elapsed();
+    let cpu_after = args.server_pid.and_then(proc_stats);
+    // Let the last deliveries land, then count.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = sent.load(Ordering::Relaxed);
+    let per_tenant_clients = args.clients as f64 / args.tenants as f64;
+    let expected = (sent as f64 * per_tenant_clients).round() as u64;
+    let _ = stop_tx.send(true);
+    for r in readers {
+        let _ = r.await;
+    }
+    let delivered = totals.delivered.load(Ordering::Relaxed);
+    let h = totals
+        .latency
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram lock"))?
+        .clone();
+
+    let ticks_per_sec = 100.0;
+    let cpu = match (cpu_before, cpu_after) {
+        (Some((a, _)), Some((b, _))) => {
+            Some((b - a) as f64 / ticks_per_sec / send_time.as_secs_f64() * 100.0)
+        }
+        _ => None,
+    };
+    let idle_per_conn = match (idle_before, idle_after) {
+        (Some((_, a)), Some((_, b))) if args.clients > 0 => {
+            Some((b as f64 - a as f64) * 1024.0 / args.clients as f64)
+        }
+        _ => None,
+    };
+    let report = serde_json::json!({
+        "clients": args.clients,
+        "tenants": args.tenants,
+        "rate": args.rate,
+        "batch": args.batch,
+        "seconds": send_time.as_secs_f64(),
+        "connect_seconds": connect_time.as_secs_f64(),
+        "notifies_sent": sent,
+        "deliveries": delivered,
+        "expected_deliveries": expected,
+        "lost": expected.saturating_sub(delivered),
+        "deliveries_per_sec": delivered as f64 / send_time.as_secs_f64(),
+        "latency_ms": {
+            "p50": h.value_at_quantile(0.50) as f64 / 1000.0,
+            "p99": h.value_at_quantile(0.99) as f64 / 1000.0,
+            "p999": h.value_at_quantile(0.999) as f64 / 1000.0,
+            "max": h.max() as f64 / 1000.0,
+        },
+        "server_cpu_percent": cpu,
+        "server_rss_kib": cpu_after.map(|(_, rss)| rss),
+        "rss_bytes_per_idle_connection": idle_per_conn,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "{:<30} {}",
+            "clients × tenants",
+            format!("{} × {}", args.clients, args.tenants)
+        );
+        println!(
+            "{:<30} {} /s (batch {})",
+            "NOTIFY rate", args.rate, args.batch
+        );
+        println!("{:<30} {:.1} s", "sending", send_time.as_secs_f64());
+        println!("{:<30} {}", "NOTIFYs sent", sent);
+        println!(
+            "{:<30} {} of {} ({} lost)",
+            "deliveries",
+            delivered,
+            expected,
+            expected.saturating_sub(delivered)
+        );
+        println!(
+            "{:<30} {:.0}",
+            "deliveries/s",
+            delivered as f64 / send_time.as_secs_f64()
+        );
+        println!(
+            "{:<30} p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, max {:.2} ms",
+            "latency (commit → client)",
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+            h.value_at_quantile(0.999) as f64 / 1000.0,
+            h.max() as f64 / 1000.0
+        );
+        if let Some(cpu) = cpu {
+            println!("{:<30} {:.0} % of one core", "server CPU", cpu);
+        }
+        if let Some((_, rss)) = cpu_after {
+            println!("{:<30} {} KiB", "server RSS", rss);
+        }
+        if let Some(b) = idle_per_conn {
+            println!("{:<30} {:.0} bytes", "RSS per idle connection", b);
+        }
+    }
+    Ok(())
+}
