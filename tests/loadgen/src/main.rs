@@ -270,9 +270,8 @@ async fn main() -> anyhow::Result<()> {
         println!("{report}");
     } else {
         println!(
-            "{:<30} {}",
-            "clients × tenants",
-            format!("{} × {}", args.clients, args.tenants)
+            "{:<30} {} × {}",
+            "clients × tenants", args.clients, args.tenants
         );
         println!(
             "{:<30} {} /s (batch {})",
