@@ -10,3 +10,4 @@ mod guests;
 mod hotswap;
 mod pipeline;
 mod reliability;
+mod triggers;
