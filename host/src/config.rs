@@ -16,9 +16,11 @@ use clap::{Parser, ValueEnum};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "pgws", version, about, long_about)]
 pub struct Config {
-    /// PostgreSQL connection string (URL or key=value form) for the LISTEN connection.
+    /// PostgreSQL connection string (URL or key=value form). Without one, pgws starts a private
+    /// development PostgreSQL from the locally installed server binaries (data kept under
+    /// ~/.local/share/pgws/postgres, stopped when pgws exits) and prints how to reach it with psql.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    pub database_url: Option<String>,
 
     /// Address to serve HTTP and WebSocket on. The port is shared with SO_REUSEPORT, so several pgws
     /// processes can serve one address.
@@ -246,16 +248,8 @@ mod tests {
 
     #[test]
     fn defaults_and_repeated_channels() {
-        let c = Config::try_parse_from([
-            "pgws",
-            "--database-url",
-            "postgres://x",
-            "--channel",
-            "a",
-            "--channel",
-            "b",
-        ])
-        .expect("parses");
+        let c =
+            Config::try_parse_from(["pgws", "--channel", "a", "--channel", "b"]).expect("parses");
         assert_eq!(c.channels, ["a", "b"]);
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.frame, FrameFormat::Pgws);

@@ -19,11 +19,13 @@
 //! - [`publisher`]: client messages into Postgres via `pg_notify`;
 //! - [`server`]: HTTP routes, who a client is, start-up and shutdown order;
 //! - [`admin`]: the token-guarded API to list, upload, remove and roll back guests;
+//! - [`embedded`]: the private development PostgreSQL started when no database URL is given;
 //! - [`config`], [`metrics`]: settings and the `/metrics` vocabulary.
 
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod embedded;
 pub mod envelope;
 pub mod frame;
 pub mod guest;

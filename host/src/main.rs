@@ -7,9 +7,22 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let mut config = Config::parse();
     init_logs(config.log_format);
     config.validate().map_err(anyhow::Error::msg)?;
+
+    // No database given: a private development PostgreSQL, stopped when pgws returns.
+    let mut embedded = None;
+    if config.database_url.is_none() {
+        let pg = tokio::task::spawn_blocking(pgws::embedded::EmbeddedPostgres::start).await??;
+        tracing::warn!(
+            url = %pg.url(),
+            "no DATABASE_URL: started a private development PostgreSQL; connect with: psql '{}'",
+            pg.url()
+        );
+        config.database_url = Some(pg.url());
+        embedded = Some(pg);
+    }
 
     let metrics = pgws::metrics::install().context("installing the metrics recorder")?;
     let tcp =
@@ -17,7 +30,11 @@ async fn main() -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
-    pgws::server::run(config, tcp, Some(metrics), shutdown).await
+    let served = pgws::server::run(config, tcp, Some(metrics), shutdown).await;
+    if let Some(mut pg) = embedded {
+        tokio::task::spawn_blocking(move || pg.stop()).await?;
+    }
+    served
 }
 
 fn init_logs(format: LogFormat) {

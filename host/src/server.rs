@@ -77,6 +77,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
+    let database_url = config
+        .database_url
+        .clone()
+        .context("no database URL: pass --database-url or set DATABASE_URL")?;
     if config.insecure_tenant_param {
         tracing::warn!(
             "--insecure-tenant-param is on: any client can read any tenant's messages with \
@@ -97,7 +101,7 @@ pub async fn run(
         );
     }
     let publisher = Arc::new(
-        Publisher::new(&config.database_url, config.inbound_channel(), 4)
+        Publisher::new(&database_url, config.inbound_channel(), 4)
             .context("setting up the publish connection pool")?,
     );
 
@@ -116,7 +120,7 @@ pub async fn run(
     let (backoff_min, backoff_max) = config.reconnect_backoff();
     let listener_task = tokio::spawn(listener::run(
         ListenerConfig {
-            database_url: config.database_url.clone(),
+            database_url,
             channels: config.channels.clone(),
             backoff_min,
             backoff_max,

@@ -9,5 +9,6 @@ mod conformance;
 mod guests;
 mod hotswap;
 mod pipeline;
+mod quickstart;
 mod reliability;
 mod triggers;

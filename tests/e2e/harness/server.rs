@@ -20,11 +20,23 @@ pub struct Server {
 impl Server {
     /// Starts `pgws --database-url <url> --listen 127.0.0.1:0 <args>` and waits until it is ready.
     pub async fn start(database_url: &str, args: &[&str]) -> anyhow::Result<Server> {
+        let mut with_url = vec!["--database-url", database_url];
+        with_url.extend_from_slice(args);
+        Self::launch(database_url, &with_url, &[]).await
+    }
+
+    /// Starts `pgws --listen 127.0.0.1:0 <args>` with extra environment variables; `database_url` is
+    /// what the test itself will use to reach the database.
+    pub async fn launch(
+        database_url: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Server> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pgws"))
-            .arg("--database-url")
-            .arg(database_url)
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
+            .env_remove("DATABASE_URL")
+            .envs(env.iter().copied())
             .env("PGWS_LOG", "info,pgws=debug")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -1,0 +1,69 @@
+//! Day one: with no database URL, pgws starts a private PostgreSQL, says how to reach it, serves, and
+//! stops it on exit; the next start reuses the data.
+
+use std::time::Duration;
+
+use crate::harness::{connect, notify, Client, Server};
+
+/// No `--database-url`: an embedded PostgreSQL comes up, is reachable at the printed URL, carries
+/// messages end to end, keeps its data across restarts and stops when pgws exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn starts_a_private_postgres_without_database_url() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("pgws-test-embedded-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port()
+        .to_string();
+    let dir_s = dir.display().to_string();
+    let env = [
+        ("PGWS_EMBEDDED_DIR", dir_s.as_str()),
+        ("PGWS_EMBEDDED_PORT", port.as_str()),
+    ];
+    let url = format!("postgresql://postgres@127.0.0.1:{port}/postgres");
+
+    let mut server =
+        Server::launch(&url, &["--insecure-tenant-param", "--frame", "raw"], &env).await?;
+    server
+        .wait_log(
+            &["private development PostgreSQL", &url],
+            Duration::from_secs(1),
+        )
+        .await?;
+    server
+        .wait_log(
+            &["creating the embedded PostgreSQL data directory"],
+            Duration::from_secs(1),
+        )
+        .await?;
+    let sql = connect(&url).await?;
+    sql.batch_execute("CREATE TABLE kept (v int); INSERT INTO kept VALUES (42);")
+        .await?;
+    let mut c = Client::connect(&server.ws_url("?tenant=acme")).await?;
+    notify(&sql, r#"acme,{"hello":"quick start"}"#).await?;
+    assert_eq!(c.recv_text().await?, r#"{"hello":"quick start"}"#);
+    drop(sql);
+    server.terminate()?;
+    assert_eq!(server.wait_exit(Duration::from_secs(15)).await?, Some(0));
+    assert!(
+        connect(&url).await.is_err(),
+        "the embedded PostgreSQL stopped with pgws"
+    );
+
+    // A second start reuses the data directory.
+    let mut server = Server::launch(&url, &["--insecure-tenant-param"], &env).await?;
+    server
+        .wait_log(
+            &["reusing the embedded PostgreSQL data directory"],
+            Duration::from_secs(1),
+        )
+        .await?;
+    let sql = connect(&url).await?;
+    let kept: i32 = sql.query_one("SELECT v FROM kept", &[]).await?.get(0);
+    assert_eq!(kept, 42);
+    drop(sql);
+    server.terminate()?;
+    assert_eq!(server.wait_exit(Duration::from_secs(15)).await?, Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
