@@ -169,6 +169,8 @@ pub async fn run(
     };
     let app = Router::new()
         .route("/ws", get(ws_handler))
+        .route("/", get(demo_page))
+        .route("/client/pgws-client.js", get(client_module))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
@@ -276,6 +278,20 @@ fn default_cache_dir() -> Option<std::path::PathBuf> {
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
     Some(base.join("pgws"))
+}
+
+/// The demo page: pick a tenant (or paste a token), watch messages arrive, publish one back.
+async fn demo_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../static/index.html"))
+}
+
+/// The browser client module the demo page (and any page) can import.
+async fn client_module() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../../client/pgws-client.js"),
+    )
+        .into_response()
 }
 
 async fn readyz(State(app): State<AppState>) -> Response {

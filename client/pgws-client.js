@@ -1,0 +1,124 @@
+// pgws browser client (ES module, no dependencies, no build step).
+//
+//   import { PgwsClient } from '/client/pgws-client.js';
+//   const client = new PgwsClient('ws://localhost:8080/ws', {
+//     token,                      // a JWT; or, on a development server, tenant: 'acme'
+//     topics: ['orders'],         // subscribed now and again after every reconnect
+//     onMessage: (m) => …,        // { topic, seq, data }
+//     onGap: (notice) => …,       // the server lost Postgres for a while: re-read what you need
+//     onStatus: (status) => …,    // 'connecting' | 'open' | 'closed'
+//     onError: (err) => …,        // { code, message } for frames the server refused
+//   });
+//   await client.publish({ text: 'hi' }, 'chat');   // rejects with { code, message }
+//
+// It speaks the pgws.v1 protocol (PROTOCOL.md), passes the token as a `bearer.<token>` subprotocol
+// (browsers cannot set headers), and reconnects with exponential back-off.
+
+export class PgwsClient {
+  constructor(url, options = {}) {
+    this.url = url;
+    this.options = options;
+    this.topics = new Set(options.topics || []);
+    this.minBackoff = options.minBackoffMs ?? 250;
+    this.maxBackoff = options.maxBackoffMs ?? 10000;
+    this.backoff = this.minBackoff;
+    this.pending = new Map();
+    this.nextRef = 1;
+    this.closing = false;
+    this.socket = null;
+    this.connect();
+  }
+
+  connect() {
+    const { token, tenant } = this.options;
+    let url = this.url;
+    const protocols = ['pgws.v1'];
+    if (token) {
+      protocols.push('bearer.' + token);
+    } else if (tenant) {
+      url += (url.includes('?') ? '&' : '?') + 'tenant=' + encodeURIComponent(tenant);
+    }
+    this.status('connecting');
+    const socket = new WebSocket(url, protocols);
+    this.socket = socket;
+    socket.addEventListener('open', () => {
+      this.backoff = this.minBackoff;
+      this.status('open');
+      if (this.topics.size) this.request({ type: 'subscribe', topics: [...this.topics] }).catch(() => {});
+    });
+    socket.addEventListener('message', (event) => this.receive(event.data));
+    socket.addEventListener('close', (event) => {
+      this.status('closed', event.code, event.reason);
+      for (const { reject } of this.pending.values()) reject({ code: 'closed', message: 'connection closed' });
+      this.pending.clear();
+      if (!this.closing) {
+        setTimeout(() => this.connect(), this.backoff);
+        this.backoff = Math.min(this.backoff * 2, this.maxBackoff);
+      }
+    });
+  }
+
+  status(state, code, reason) {
+    this.state = state;
+    this.options.onStatus?.(state, code, reason);
+  }
+
+  receive(text) {
+    let frame;
+    try {
+      frame = JSON.parse(text);
+    } catch {
+      return;
+    }
+    if (!('type' in frame)) {
+      this.options.onMessage?.(frame);
+      return;
+    }
+    const waiting = frame.ref !== undefined ? this.pending.get(frame.ref) : undefined;
+    if (waiting) this.pending.delete(frame.ref);
+    if (frame.type === 'error') {
+      if (waiting) waiting.reject(frame);
+      this.options.onError?.(frame);
+    } else if (frame.type === 'gap') {
+      this.options.onGap?.(frame);
+    } else if (frame.type === 'welcome') {
+      this.welcome = frame;
+      this.options.onWelcome?.(frame);
+    } else if (waiting) {
+      waiting.resolve(frame);
+    }
+  }
+
+  request(frame) {
+    return new Promise((resolve, reject) => {
+      if (!this.socket || this.socket.readyState !== WebSocket.OPEN) {
+        reject({ code: 'closed', message: 'not connected' });
+        return;
+      }
+      const ref = this.nextRef++;
+      this.pending.set(ref, { resolve, reject });
+      this.socket.send(JSON.stringify({ ...frame, ref }));
+    });
+  }
+
+  subscribe(topics) {
+    topics.forEach((t) => this.topics.add(t));
+    return this.request({ type: 'subscribe', topics });
+  }
+
+  unsubscribe(topics) {
+    topics.forEach((t) => this.topics.delete(t));
+    return this.request({ type: 'unsubscribe', topics });
+  }
+
+  publish(data, topic) {
+    const frame = { type: 'publish', data };
+    if (topic) frame.topic = topic;
+    return this.request(frame);
+  }
+
+  close() {
+    this.closing = true;
+    this.socket?.close(1000);
+  }
+}

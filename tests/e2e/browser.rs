@@ -1,0 +1,97 @@
+//! The demo page in real headless Chromium (Debian's `chromium`, driven by playwright-core): it
+//! connects, shows a NOTIFY sent from SQL, publishes a message back, and shows a guest's rejection.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::harness::guests::{guest_dir, repo, rust_guest};
+use crate::harness::{listen, notify, spawn_with_guests, PATIENCE};
+
+/// The next step the browser script reports.
+async fn step(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) -> anyhow::Result<String> {
+    let line = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await??
+        .unwrap_or_default();
+    anyhow::ensure!(!line.starts_with("FAILED"), "browser: {line}");
+    Ok(line)
+}
+
+/// The browser tests' node_modules, installed once from the lock file.
+fn browser_tools() -> std::path::PathBuf {
+    let dir = repo().join("tests/browser");
+    if !dir.join("node_modules/playwright-core").exists() {
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--silent", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm runs");
+        assert!(status.success(), "npm ci in tests/browser failed");
+    }
+    dir
+}
+
+/// Page connects, shows a NOTIFY from SQL, publishes back (Postgres sees it with the tenant set by the
+/// server), shows the guest's rejection; a screenshot is kept as a test artifact.
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_page_in_headless_chromium() -> anyhow::Result<()> {
+    let tools = tokio::task::spawn_blocking(browser_tools).await?;
+    let dir = guest_dir(&[("demo", &rust_guest("moderator"))]);
+    let (server, sql) = spawn_with_guests(&dir, &[]).await?;
+    let (_listener, mut seen) = listen(server.database_url(), "pgwebsocket").await?;
+    let base = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"));
+    let shot = base.join("test-artifacts/demo-page.png");
+    std::fs::create_dir_all(shot.parent().expect("parent"))?;
+    let _ = std::fs::remove_file(&shot);
+
+    let mut node = tokio::process::Command::new("node")
+        .arg(tools.join("demo.mjs"))
+        .arg(format!("http://{}/", server.addr))
+        .arg(&shot)
+        .current_dir(&tools)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stdin = node.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+
+    assert_eq!(step(&mut lines).await?, "CONNECTED");
+    notify(&sql, r#"demo,{"text":"from-sql"}"#).await?;
+    stdin.write_all(b"go\n").await?;
+    assert_eq!(step(&mut lines).await?, "SAW_NOTIFY");
+    // Our own NOTIFY, then the page's publish, with the tenant set by the server and the guest's stamp.
+    let (_, first) = tokio::time::timeout(PATIENCE, seen.recv())
+        .await?
+        .expect("notification");
+    assert_eq!(first, r#"demo,{"text":"from-sql"}"#);
+    assert_eq!(step(&mut lines).await?, "PUBLISHED");
+    let (_, published) = tokio::time::timeout(PATIENCE, seen.recv())
+        .await?
+        .expect("notification");
+    assert_eq!(
+        published,
+        r#"demo/chat,{"text":"from-browser","moderated":true}"#
+    );
+    assert_eq!(step(&mut lines).await?, "REJECTED");
+    assert_eq!(step(&mut lines).await?, "SCREENSHOT");
+    assert!(node.wait().await?.success());
+    assert!(
+        std::fs::metadata(&shot)?.len() > 1000,
+        "screenshot saved at {}",
+        shot.display()
+    );
+    eprintln!("demo page screenshot: {}", shot.display());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), seen.recv())
+            .await
+            .is_err(),
+        "the rejected message never reached Postgres"
+    );
+    Ok(())
+}
