@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use crate::harness::{connect, notify, Client, Server};
 
-/// No `--database-url`: an embedded PostgreSQL comes up, is reachable at the printed URL, carries
-/// messages end to end, keeps its data across restarts and stops when pgws exits.
+/// No `--database-url`: an embedded PostgreSQL comes up, is reachable at the printed URL, the demo
+/// page is served, messages flow
+/// end to end, the data survives a restart, and the database stops when pgws exits.
 #[tokio::test(flavor = "multi_thread")]
 async fn starts_a_private_postgres_without_database_url() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("pgws-test-embedded-{}", std::process::id()));
@@ -36,6 +37,12 @@ async fn starts_a_private_postgres_without_database_url() -> anyhow::Result<()> 
             Duration::from_secs(1),
         )
         .await?;
+    let (status, page) = server.get("/").await?;
+    assert_eq!(status, 200);
+    assert!(page.contains("pgws demo"), "the demo page is served");
+    let (status, module) = server.get("/client/pgws-client.js").await?;
+    assert_eq!(status, 200);
+    assert!(module.contains("export class PgwsClient"));
     let sql = connect(&url).await?;
     sql.batch_execute("CREATE TABLE kept (v int); INSERT INTO kept VALUES (42);")
         .await?;
