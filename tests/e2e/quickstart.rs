@@ -6,8 +6,8 @@ use std::time::Duration;
 use crate::harness::{connect, notify, Client, Server};
 
 /// No `--database-url`: an embedded PostgreSQL comes up, is reachable at the printed URL, the demo
-/// page is served, messages flow
-/// end to end, the data survives a restart, and the database stops when pgws exits.
+/// page is served, messages flow end to end, the data survives a restart, and the database stops
+/// when pgws exits.
 #[tokio::test(flavor = "multi_thread")]
 async fn starts_a_private_postgres_without_database_url() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("pgws-test-embedded-{}", std::process::id()));
