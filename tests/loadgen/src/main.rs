@@ -57,6 +57,9 @@ struct Args {
     /// connections per source address).
     #[arg(long, default_value_t = 1)]
     source_addrs: u8,
+    /// First source address used is 127.0.0.(1 + this); give each generator process its own range.
+    #[arg(long, default_value_t = 0)]
+    source_offset: u8,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -110,11 +113,17 @@ async fn open_client(
         .parse()
         .context("ws url must be ws://<ip>:<port>/…")?;
     let socket = tokio::net::TcpSocket::new_v4()?;
-    let source = Ipv4Addr::new(127, 0, 0, 1 + (i % args.source_addrs.max(1) as usize) as u8);
+    let last = 1 + args.source_offset as usize + i % args.source_addrs.max(1) as usize;
+    let source = Ipv4Addr::new(127, 0, 0, last.min(254) as u8);
     socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
     let stream = socket.connect(host).await?;
     stream.set_nodelay(true)?;
-    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    // Small buffers: tungstenite's default 128 KiB read buffer per client would make 100k clients
+    // cost the generator 12 GiB.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
     Ok(ws)
 }
 
