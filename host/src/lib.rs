@@ -17,7 +17,8 @@
 //! - [`protocol`]: the `pgws.v1` envelope protocol's frames;
 //! - [`auth`]: JWT verification into an identity (tenant, topics, mode);
 //! - [`publisher`]: client messages into Postgres via `pg_notify`;
-//! - [`server`]: HTTP routes, who a client is, start-up and shutdown order;
+//! - [`upgrade`]: who a connecting client is, decided before the WebSocket upgrade;
+//! - [`server`]: the accept loop, plain HTTP routes, start-up and shutdown order;
 //! - [`admin`]: the token-guarded API to list, upload, remove and roll back guests;
 //! - [`embedded`]: the private development PostgreSQL started when no database URL is given;
 //! - [`config`], [`metrics`]: settings and the `/metrics` vocabulary.
@@ -37,3 +38,4 @@ pub mod protocol;
 pub mod publisher;
 pub mod server;
 pub mod session;
+pub mod upgrade;

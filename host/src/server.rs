@@ -1,19 +1,18 @@
 //! The HTTP face of pgws and the wiring of the whole service.
 //!
-//! Owns the routes (`/ws`, `/healthz`, `/readyz`, `/metrics`), who a connecting client is, the
-//! listening socket, and the order of start-up and shutdown: guests load before the listener starts (so
-//! no message skips its guest), and on shutdown the server stops accepting, closes every session with
-//! 1001, waits for them within a bound, then stops the listener and the pipeline.
+//! Owns the listening socket and accept loop, the plain routes (`/`, `/client/pgws-client.js`,
+//! `/healthz`, `/readyz`, `/metrics`; `/ws` is `upgrade`'s, `/admin` is `admin`'s), and the order of
+//! start-up and shutdown: guests load before the listener starts (so no message skips its guest), and
+//! on shutdown the server stops accepting, closes every session with 1001, waits for them within a
+//! bound, then stops the listener and the pipeline.
 
-use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -23,18 +22,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{AuthError, Authenticator, Identity, TOKEN_PROTOCOL_PREFIX};
+use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::envelope::{TenantId, Topic};
-use crate::frame::FrameFormat;
-use crate::guest::{Authorization, GuestLimits, GuestRegistry, GuestRuntime};
-use crate::hub::{Hub, LimitReached, SessionLimits, TopicFilter};
+use crate::guest::{GuestLimits, GuestRegistry, GuestRuntime};
+use crate::hub::{Hub, SessionLimits};
 use crate::listener::{self, ListenerConfig, Readiness};
-use crate::metrics as m;
 use crate::pipeline::{self, FailureRules, Workers};
-use crate::protocol;
 use crate::publisher::Publisher;
-use crate::session::{Protocol, Session, SessionContext};
+use crate::session::SessionContext;
+use crate::upgrade::Upgrades;
 
 /// Events buffered between the LISTEN connection and the pipeline.
 const LISTENER_QUEUE: usize = 65_536;
@@ -54,19 +50,11 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(ACCEPT_BACKLOG)
 }
 
+/// What the health and metrics routes read.
 #[derive(Clone)]
 struct AppState {
-    hub: Arc<Hub>,
     readiness: Readiness,
     metrics: Option<PrometheusHandle>,
-    frame: FrameFormat,
-    insecure_tenant_param: bool,
-    auth: Option<Arc<Authenticator>>,
-    ctx: Arc<SessionContext>,
-    ws_read_buffer: usize,
-    max_client_message: usize,
-    shutdown: CancellationToken,
-    sessions: TaskTracker,
 }
 
 /// Runs the service on `tcp` until `shutdown` is cancelled, then shuts down in order.
@@ -144,16 +132,14 @@ pub async fn run(
     let pipeline_task = tokio::spawn(pipeline::run(events_rx, workers.clone(), hub.clone()));
 
     let sessions = TaskTracker::new();
-    let state = AppState {
+    let upgrades = Upgrades {
         hub,
-        readiness,
-        metrics,
         frame: config.frame.into(),
         insecure_tenant_param: config.insecure_tenant_param,
         auth,
         ctx: Arc::new(SessionContext {
             workers,
-            publisher: Some(publisher),
+            publisher,
             ping_interval: Duration::from_secs(config.ping_secs.max(1)),
             publish_rate: config.publish_rate,
             publish_burst: config.publish_burst,
@@ -168,13 +154,13 @@ pub async fn run(
         None => Router::new(),
     };
     let app = Router::new()
-        .route("/ws", get(ws_handler))
         .route("/", get(demo_page))
         .route("/client/pgws-client.js", get(client_module))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
-        .with_state(state)
+        .with_state(AppState { readiness, metrics })
+        .merge(crate::upgrade::routes(upgrades))
         .merge(admin);
 
     let addr = tcp.local_addr()?;
@@ -311,224 +297,4 @@ async fn metrics_handler(State(app): State<AppState>) -> Response {
         Some(handle) => handle.render().into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response(),
     }
-}
-
-/// An upgrade refused before it happens: a status, a reason label for logs and metrics, and a
-/// message for the client. Logged and counted when turned into the response.
-struct Refusal {
-    status: StatusCode,
-    reason: &'static str,
-    detail: String,
-}
-
-fn refuse(status: StatusCode, reason: &'static str, detail: String) -> Refusal {
-    Refusal {
-        status,
-        reason,
-        detail,
-    }
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => self.reason).increment(1);
-        tracing::info!(reason = self.reason, detail = %self.detail, "WebSocket upgrade refused");
-        (self.status, format!("{}\n", self.detail)).into_response()
-    }
-}
-
-/// The subprotocols a client offered, in its order.
-fn offered_protocols(upgrade: &WebSocketUpgrade) -> Vec<String> {
-    upgrade
-        .requested_protocols()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|p| p.trim().to_owned())
-        .filter(|p| !p.is_empty())
-        .collect()
-}
-
-/// The token from `Authorization: Bearer`, `?token=`, or a `bearer.<token>` subprotocol, in that order.
-fn find_token<'a>(
-    headers: &'a HeaderMap,
-    params: &'a HashMap<String, String>,
-    offered: &'a [String],
-) -> Option<&'a str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .or_else(|| params.get("token").map(String::as_str))
-        .or_else(|| {
-            offered
-                .iter()
-                .find_map(|p| p.strip_prefix(TOKEN_PROTOCOL_PREFIX))
-        })
-}
-
-/// Who is connecting, or the refusal to send.
-fn identify(
-    app: &AppState,
-    headers: &HeaderMap,
-    params: &HashMap<String, String>,
-    offered: &[String],
-) -> Result<Identity, Refusal> {
-    match (find_token(headers, params, offered), &app.auth) {
-        (Some(token), Some(auth)) => auth.verify(token).map_err(|e| {
-            refuse(StatusCode::UNAUTHORIZED, e.reason(), e.to_string())
-        }),
-        (Some(_), None) if !app.insecure_tenant_param => Err(refuse(
-            StatusCode::UNAUTHORIZED,
-            "tokens_disabled",
-            "this server accepts no tokens (no --jwt-secret or --jwt-public-key)".into(),
-        )),
-        (_, _) if app.insecure_tenant_param => match params.get("tenant") {
-            Some(name) => TenantId::parse(name).map(Identity::insecure).map_err(|e| {
-                refuse(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_tenant",
-                    format!("invalid tenant name: {e}"),
-                )
-            }),
-            None => Err(refuse(
-                StatusCode::UNAUTHORIZED,
-                "missing_tenant",
-                "no tenant: connect with /ws?tenant=<name> or a token".into(),
-            )),
-        },
-        (None, Some(_)) => Err(refuse(
-            StatusCode::UNAUTHORIZED,
-            AuthError::Missing.reason(),
-            AuthError::Missing.to_string(),
-        )),
-        (_, None) => Err(refuse(
-            StatusCode::UNAUTHORIZED,
-            "no_auth",
-            "no way to authenticate: the server accepts no tokens and --insecure-tenant-param is off"
-                .into(),
-        )),
-    }
-}
-
-/// `?topics=a,b`: the topics a legacy session takes (messages with no topic always reach it).
-fn parse_topics(list: &str) -> Result<HashSet<Topic>, crate::envelope::NameError> {
-    list.split(',')
-        .filter(|t| !t.is_empty())
-        .map(Topic::parse)
-        .collect()
-}
-
-async fn ws_handler(
-    State(app): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
-) -> Result<Response, Refusal> {
-    if app.shutdown.is_cancelled() {
-        return Err(refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "server is shutting down".into(),
-        ));
-    }
-    let offered = offered_protocols(&upgrade);
-    let identity = identify(&app, &headers, &params, &offered)?;
-    let verdict = app
-        .ctx
-        .workers
-        .authorize(
-            &identity.tenant,
-            identity.topic_list(),
-            identity.can_publish,
-            identity.claims.clone(),
-        )
-        .await;
-    if let Authorization::Deny(reason) = verdict {
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            "guest_denied",
-            format!("denied: {reason}"),
-        ));
-    }
-
-    let allowed = |t: &Topic| {
-        identity
-            .topics
-            .as_ref()
-            .is_none_or(|patterns| patterns.iter().any(|p| p.matches(t)))
-    };
-    let v1 = offered.iter().any(|p| p == protocol::SUBPROTOCOL);
-    let (protocol, format, filter) = if v1 {
-        // v1 sessions start with no topic and subscribe explicitly.
-        (
-            Protocol::V1,
-            FrameFormat::Envelope,
-            TopicFilter::Only(HashSet::new()),
-        )
-    } else {
-        let filter = match (params.get("topics"), &identity.topics) {
-            (Some(list), _) => match parse_topics(list) {
-                Ok(topics) => {
-                    if let Some(t) = topics.iter().find(|t| !allowed(t)) {
-                        return Err(refuse(
-                            StatusCode::FORBIDDEN,
-                            "forbidden_topic",
-                            format!("topic {t} is not allowed by your token"),
-                        ));
-                    }
-                    TopicFilter::Only(topics)
-                }
-                Err(e) => {
-                    return Err(refuse(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_topic",
-                        format!("invalid topic name: {e}"),
-                    ))
-                }
-            },
-            (None, None) => TopicFilter::All,
-            (None, Some(patterns)) => TopicFilter::Matching(patterns.clone()),
-        };
-        (Protocol::Legacy, app.frame, filter)
-    };
-    // A browser fails the connection unless the server picks one of the offered subprotocols.
-    let selected = if v1 {
-        Some(protocol::SUBPROTOCOL.to_owned())
-    } else {
-        offered
-            .iter()
-            .find(|p| p.starts_with(TOKEN_PROTOCOL_PREFIX))
-            .cloned()
-    };
-
-    // Registered before the 101 goes out, so a message published right after the client sees the
-    // upgrade already has somewhere to go.
-    let registration = app
-        .hub
-        .register(&identity.tenant, format, filter)
-        .map_err(|e| {
-            let reason = match e {
-                LimitReached::Total(_) => "server_full",
-                LimitReached::Tenant(_) => "tenant_full",
-            };
-            refuse(StatusCode::SERVICE_UNAVAILABLE, reason, e.to_string())
-        })?;
-    let session = Session {
-        registration,
-        identity,
-        protocol,
-    };
-    let ctx = app.ctx.clone();
-    let shutdown = app.shutdown.clone();
-    let sessions = app.sessions.clone();
-    Ok(upgrade
-        .protocols(selected)
-        .read_buffer_size(app.ws_read_buffer)
-        .max_message_size(app.max_client_message)
-        .max_frame_size(app.max_client_message)
-        .on_upgrade(move |socket| sessions.track_future(session.run(socket, ctx, shutdown))))
 }

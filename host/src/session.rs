@@ -42,8 +42,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// What every session shares.
 pub struct SessionContext {
     pub workers: Workers,
-    /// `None` when publishing is not possible (no inbound channel configured).
-    pub publisher: Option<Arc<Publisher>>,
+    pub publisher: Arc<Publisher>,
     pub ping_interval: Duration,
     /// Publishes per second a session may sustain, and the burst it may spend at once.
     pub publish_rate: f64,
@@ -321,12 +320,6 @@ impl V1State {
                 return Err(("forbidden_topic", format!("not allowed by your token: {t}")));
             }
         }
-        let Some(publisher) = &ctx.publisher else {
-            return Err((
-                "publish_disabled",
-                "this server does not accept publishes".into(),
-            ));
-        };
         if !self.limit.take() {
             return Err((
                 "rate_limited",
@@ -341,7 +334,7 @@ impl V1State {
             ClientOutcome::Accept(body) => body,
             ClientOutcome::Reject(reason) => return Err(("rejected", reason)),
         };
-        publisher
+        ctx.publisher
             .publish(&identity.tenant, topic.as_ref(), &body)
             .await
             .map_err(|e| match e {
