@@ -16,7 +16,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
-use crate::envelope::{NameError, TenantId, TopicPattern};
+use crate::envelope::{NameError, TenantId, Topic, TopicPattern};
 
 /// Subprotocol prefix that carries a token, for browsers that cannot set headers:
 /// `new WebSocket(url, ["pgws.v1", "bearer." + token])`.
@@ -46,6 +46,13 @@ impl Identity {
             can_publish: true,
             expires_at: None,
         }
+    }
+
+    /// Whether the token lets this client receive and publish on `topic`.
+    pub fn allows(&self, topic: &Topic) -> bool {
+        self.topics
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| p.matches(topic)))
     }
 
     /// The patterns as strings, `*` when everything is allowed.

@@ -258,17 +258,11 @@ impl V1State {
                 return protocol::error(e.code(), &e.to_string(), r.as_ref());
             }
         };
-        let allowed = |t: &Topic| {
-            identity
-                .topics
-                .as_ref()
-                .is_none_or(|patterns| patterns.iter().any(|p| p.matches(t)))
-        };
         match frame {
             ClientFrame::Subscribe { topics, r#ref } => {
                 let refused: Vec<&str> = topics
                     .iter()
-                    .filter(|t| !allowed(t))
+                    .filter(|t| !identity.allows(t))
                     .map(Topic::as_str)
                     .collect();
                 if !refused.is_empty() {
@@ -315,10 +309,8 @@ impl V1State {
                 "your token does not allow publishing (mode \"r\")".into(),
             ));
         }
-        if let (Some(t), Some(patterns)) = (&topic, &identity.topics) {
-            if !patterns.iter().any(|p| p.matches(t)) {
-                return Err(("forbidden_topic", format!("not allowed by your token: {t}")));
-            }
+        if let Some(t) = topic.as_ref().filter(|t| !identity.allows(t)) {
+            return Err(("forbidden_topic", format!("not allowed by your token: {t}")));
         }
         if !self.limit.take() {
             return Err((

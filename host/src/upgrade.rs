@@ -192,12 +192,6 @@ async fn ws_handler(
         ));
     }
 
-    let allowed = |t: &Topic| {
-        identity
-            .topics
-            .as_ref()
-            .is_none_or(|patterns| patterns.iter().any(|p| p.matches(t)))
-    };
     let v1 = offered.iter().any(|p| p == protocol::SUBPROTOCOL);
     let (protocol, format, filter) = if v1 {
         // v1 sessions start with no topic and subscribe explicitly.
@@ -210,7 +204,7 @@ async fn ws_handler(
         let filter = match (params.get("topics"), &identity.topics) {
             (Some(list), _) => match parse_topics(list) {
                 Ok(topics) => {
-                    if let Some(t) = topics.iter().find(|t| !allowed(t)) {
+                    if let Some(t) = topics.iter().find(|t| !identity.allows(t)) {
                         return Err(refuse(
                             StatusCode::FORBIDDEN,
                             "forbidden_topic",
