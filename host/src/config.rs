@@ -1,13 +1,16 @@
-//! Every setting of the server, from flags and environment, in one typed struct.
+//! Every setting of the server, from flags, environment and an optional TOML file, in one typed
+//! struct.
 //!
-//! Owns defaults, help texts and validation of values. Precedence: a flag wins over its environment
-//! variable, which wins over the default. It does not open files or sockets; `server` does that.
+//! Owns defaults, help texts, the one loader and validation of values. Precedence, highest first: a
+//! flag, its environment variable, the `--config` file, the default. It does not open sockets; `server`
+//! does that.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, Parser, ValueEnum};
 
 /// pgws: PostgreSQL NOTIFY → WebSocket fan-out for many tenants, with per-tenant WebAssembly guests.
 ///
@@ -16,6 +19,12 @@ use clap::{Parser, ValueEnum};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "pgws", version, about, long_about)]
 pub struct Config {
+    /// TOML file of settings keyed by flag name, e.g. `listen = "0.0.0.0:8080"`,
+    /// `channel = ["a", "b"]`, `guest-timeout-ms = 50`. Flags and environment variables win over it;
+    /// an unknown key is an error.
+    #[arg(long, env = "PGWS_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// PostgreSQL connection string (URL or key=value form). Without one, pgws starts a private
     /// development PostgreSQL from the locally installed server binaries (data kept under
     /// ~/.local/share/pgws/postgres, stopped when pgws exits) and prints how to reach it with psql.
@@ -200,7 +209,96 @@ pub enum LogFormat {
     Json,
 }
 
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Bad flags, or `--help`/`--version`: let clap print it and exit.
+    #[error(transparent)]
+    Args(#[from] clap::Error),
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid TOML: {source}")]
+    Toml {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{path}: {message}")]
+    Setting { path: PathBuf, message: String },
+}
+
 impl Config {
+    /// Parses flags and environment, then fills every setting neither of them gave from the
+    /// `--config` file, if there is one.
+    pub fn load_from<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut argv: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let command = Config::command();
+        let matches = command.clone().try_get_matches_from(&argv)?;
+        let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
+            return Ok(Config::try_parse_from(argv)?);
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let table: toml::Table = text.parse().map_err(|source| ConfigError::Toml {
+            path: path.clone(),
+            source,
+        })?;
+        let setting = |message: String| ConfigError::Setting {
+            path: path.clone(),
+            message,
+        };
+        for (key, value) in table {
+            let name = key.replace('_', "-");
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(name.as_str()) && name != "config")
+                .ok_or_else(|| setting(format!("unknown setting `{key}`")))?;
+            let id = arg.get_id().as_str();
+            if matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            ) {
+                continue;
+            }
+            let flag = format!("--{name}");
+            let takes_values = arg.get_action().takes_values();
+            let scalar = |v: &toml::Value| match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                toml::Value::Integer(i) => Ok(i.to_string()),
+                toml::Value::Float(f) => Ok(f.to_string()),
+                toml::Value::Boolean(b) => Ok(b.to_string()),
+                other => Err(setting(format!("`{key}` cannot be {}", other.type_str()))),
+            };
+            match (&value, takes_values) {
+                (toml::Value::Boolean(on), false) => {
+                    if *on {
+                        argv.push(flag.into());
+                    }
+                }
+                (_, false) => return Err(setting(format!("`{key}` must be true or false"))),
+                (toml::Value::Array(items), true) => {
+                    for item in items {
+                        argv.push(flag.clone().into());
+                        argv.push(scalar(item)?.into());
+                    }
+                }
+                (v, true) => {
+                    argv.push(flag.into());
+                    argv.push(scalar(v)?.into());
+                }
+            }
+        }
+        Ok(Config::try_parse_from(argv)?)
+    }
+
     pub fn guest_timeout(&self) -> Duration {
         Duration::from_millis(self.guest_timeout_ms)
     }
@@ -255,6 +353,46 @@ mod tests {
         assert_eq!(c.frame, FrameFormat::Pgws);
         assert!(!c.insecure_tenant_param);
         assert!(c.validate().is_ok());
+    }
+
+    /// Flags beat environment variables, which beat the file, which beats the defaults.
+    #[test]
+    fn precedence_flags_env_file_defaults() {
+        let dir = std::env::temp_dir().join(format!("pgws-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("pgws.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nshutdown_secs = 9\nguest-timeout-ms = 7\nchannel = [\"a\", \"b\"]\ninsecure-tenant-param = true\n",
+        )
+        .expect("write");
+        // Only this test sets PGWS_SHUTDOWN_SECS.
+        std::env::set_var("PGWS_SHUTDOWN_SECS", "3");
+        let c = Config::load_from([
+            "pgws",
+            "--config",
+            file.to_str().expect("utf-8 path"),
+            "--listen",
+            "127.0.0.1:7000",
+        ])
+        .expect("loads");
+        std::env::remove_var("PGWS_SHUTDOWN_SECS");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7000", "flag beats file");
+        assert_eq!(c.shutdown_secs, 3, "environment beats file");
+        assert_eq!(c.guest_timeout_ms, 7, "file beats default");
+        assert_eq!(c.channels, ["a", "b"]);
+        assert!(c.insecure_tenant_param);
+        assert_eq!(c.ping_secs, 30, "default");
+
+        std::fs::write(&file, "no_such_setting = 1\n").expect("write");
+        let err = Config::load_from(["pgws", "--config", file.to_str().expect("utf-8")])
+            .expect_err("unknown key");
+        assert!(
+            err.to_string()
+                .contains("unknown setting `no_such_setting`"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

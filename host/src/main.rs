@@ -1,13 +1,16 @@
 //! The `pgws` binary: parse the configuration, set up logs and metrics, serve until a signal.
 
 use anyhow::Context;
-use clap::Parser;
-use pgws::config::{Config, LogFormat};
+use pgws::config::{Config, ConfigError, LogFormat};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut config = Config::parse();
+    let mut config = match Config::load_from(std::env::args_os()) {
+        Ok(config) => config,
+        Err(ConfigError::Args(e)) => e.exit(),
+        Err(e) => return Err(e.into()),
+    };
     init_logs(config.log_format);
     config.validate().map_err(anyhow::Error::msg)?;
 
