@@ -296,54 +296,66 @@ async fn session_closes_when_its_token_expires() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// ES256 tokens verified with a public key file (`--jwt-public-key`); an HS256 token is then refused.
+/// RS256 and ES256 tokens verified with a public key file (`--jwt-public-key`); an HS256 token is
+/// then refused, even one "signed" with the public key's text.
 #[tokio::test(flavor = "multi_thread")]
-async fn es256_public_key_tokens() -> anyhow::Result<()> {
+async fn public_key_tokens() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("pgws-test-keys-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let private = dir.join("ec.pem");
-    let public = dir.join("ec.pub.pem");
     let run = |args: &[&str]| -> anyhow::Result<()> {
         let status = std::process::Command::new("openssl").args(args).status()?;
         anyhow::ensure!(status.success(), "openssl {args:?} failed");
         Ok(())
     };
-    let (private_s, public_s) = (private.display().to_string(), public.display().to_string());
-    run(&[
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        &private_s,
-    ])?;
-    run(&["pkey", "-in", &private_s, "-pubout", "-out", &public_s])?;
+    let kinds: [(&str, Algorithm, &[&str]); 2] = [
+        (
+            "es256",
+            Algorithm::ES256,
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        ),
+        (
+            "rs256",
+            Algorithm::RS256,
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        ),
+    ];
+    for (name, algorithm, keygen) in kinds {
+        let private = dir.join(format!("{name}.pem")).display().to_string();
+        let public = dir.join(format!("{name}.pub.pem")).display().to_string();
+        let mut genpkey = vec!["genpkey"];
+        genpkey.extend_from_slice(keygen);
+        genpkey.extend(["-out", &private]);
+        run(&genpkey)?;
+        run(&["pkey", "-in", &private, "-pubout", "-out", &public])?;
 
-    let (server, sql) = spawn_app(&["--jwt-public-key", &public_s, "--frame", "raw"]).await?;
-    let key = EncodingKey::from_ec_pem(&std::fs::read(&private)?)?;
-    let es = encode(
-        &Header::new(Algorithm::ES256),
-        &json!({"tenant": "a", "exp": now() + 600}),
-        &key,
-    )?;
-    let mut c = Client::connect(&server.ws_url(&format!("?token={es}"))).await?;
-    notify(&sql, r#"a,{"signed":"es256"}"#).await?;
-    assert_eq!(c.recv_json().await?, json!({"signed": "es256"}));
-    // An HS256 token (even one "signed" with the public key's text) is not accepted.
-    let hs = encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"tenant": "a", "exp": now() + 600}),
-        &EncodingKey::from_secret(&std::fs::read(&public)?),
-    )?;
-    let err = Client::connect(&server.ws_url(&format!("?token={hs}")))
-        .await
-        .err()
-        .expect("refused");
-    assert!(err.to_string().contains("HTTP 401"), "{err}");
-    server
-        .wait_log(&["bad_algorithm"], Duration::from_secs(2))
-        .await?;
+        let (server, sql) = spawn_app(&["--jwt-public-key", &public, "--frame", "raw"]).await?;
+        let pem = std::fs::read(&private)?;
+        let key = match algorithm {
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&pem)?,
+            _ => EncodingKey::from_rsa_pem(&pem)?,
+        };
+        let signed = encode(
+            &Header::new(algorithm),
+            &json!({"tenant": "a", "exp": now() + 600}),
+            &key,
+        )?;
+        let mut c = Client::connect(&server.ws_url(&format!("?token={signed}"))).await?;
+        notify(&sql, &format!(r#"a,{{"signed":"{name}"}}"#)).await?;
+        assert_eq!(c.recv_json().await?, json!({ "signed": name }));
+        let hs = encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"tenant": "a", "exp": now() + 600}),
+            &EncodingKey::from_secret(&std::fs::read(&public)?),
+        )?;
+        let err = Client::connect(&server.ws_url(&format!("?token={hs}")))
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("HTTP 401"), "{name}: {err}");
+        server
+            .wait_log(&["bad_algorithm"], Duration::from_secs(2))
+            .await?;
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
