@@ -27,7 +27,8 @@ pub struct Config {
 
     /// PostgreSQL connection string (URL or key=value form). Without one, pgws starts a private
     /// development PostgreSQL from the locally installed server binaries (data kept under
-    /// ~/.local/share/pgws/postgres, stopped when pgws exits) and prints how to reach it with psql.
+    /// ~/.local/share/pgws/postgres, or /var/lib/pgws/postgres as root; stopped when pgws exits) and
+    /// prints how to reach it with psql.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 

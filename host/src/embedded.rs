@@ -6,7 +6,8 @@
 //! start only: production passes `--database-url` / `DATABASE_URL` and never reaches this module.
 //!
 //! Data directory: `$PGWS_EMBEDDED_DIR`, else `$XDG_DATA_HOME/pgws/postgres`, else
-//! `~/.local/share/pgws/postgres`. Port: `$PGWS_EMBEDDED_PORT`, else 54329.
+//! `~/.local/share/pgws/postgres` — except as root, where it is `/var/lib/pgws/postgres`, because the
+//! `postgres` user cannot enter root's home. Port: `$PGWS_EMBEDDED_PORT`, else 54329.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -46,9 +47,12 @@ fn find_binaries() -> Option<PathBuf> {
     })
 }
 
-fn data_dir() -> Option<PathBuf> {
+fn data_dir(root: bool) -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("PGWS_EMBEDDED_DIR") {
         return Some(PathBuf::from(dir));
+    }
+    if root {
+        return Some(PathBuf::from("/var/lib/pgws/postgres"));
     }
     let base = std::env::var_os("XDG_DATA_HOME")
         .map(PathBuf::from)
@@ -71,15 +75,16 @@ impl EmbeddedPostgres {
             "no DATABASE_URL given and no PostgreSQL server binaries found to start a private one: \
              install them (Debian/Ubuntu: `apt install postgresql`) or pass --database-url",
         )?;
-        let root =
-            data_dir().context("cannot tell where to keep the data: set PGWS_EMBEDDED_DIR")?;
+        let as_root = is_root();
+        let root = data_dir(as_root)
+            .context("cannot tell where to keep the data: set PGWS_EMBEDDED_DIR")?;
         let port = match std::env::var("PGWS_EMBEDDED_PORT") {
             Ok(p) => p
                 .parse()
                 .context("PGWS_EMBEDDED_PORT must be a port number")?,
             Err(_) => DEFAULT_PORT,
         };
-        let run_as = is_root().then(|| "postgres".to_owned());
+        let run_as = as_root.then(|| "postgres".to_owned());
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
         if let Some(user) = &run_as {
             let ok = Command::new("chown")
@@ -92,12 +97,13 @@ impl EmbeddedPostgres {
                 bail!("running as root, the data directory must belong to the `{user}` user, and chown failed");
             }
         }
-        let pg = EmbeddedPostgres {
+        // Nothing to stop until the server is up.
+        let mut pg = EmbeddedPostgres {
             bin,
             data: root.join("data"),
             run_as,
             port,
-            stopped: false,
+            stopped: true,
         };
         if pg.data.join("PG_VERSION").exists() {
             tracing::info!(dir = %pg.data.display(), "reusing the embedded PostgreSQL data directory");
@@ -142,6 +148,7 @@ impl EmbeddedPostgres {
             )
             .with_context(|| format!("starting the embedded PostgreSQL (its log: {log})"))?;
         }
+        pg.stopped = false;
         Ok(pg)
     }
 
