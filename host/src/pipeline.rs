@@ -122,6 +122,15 @@ impl Workers {
         shard.send(job).await.is_ok()
     }
 
+    /// Sends a job that answers on a oneshot, and waits for the answer; `gone` if the workers stop.
+    async fn ask<R>(&self, job: impl FnOnce(oneshot::Sender<R>) -> Job, gone: impl Fn() -> R) -> R {
+        let (reply, answer) = oneshot::channel();
+        if !self.send(job(reply)).await {
+            return gone();
+        }
+        answer.await.unwrap_or_else(|_| gone())
+    }
+
     /// Runs a client's message through its tenant's guest (if it has a client-message hook).
     pub async fn client_message(
         &self,
@@ -129,18 +138,16 @@ impl Workers {
         topic: Option<Topic>,
         body: JsonBody,
     ) -> ClientOutcome {
-        let (reply, answer) = oneshot::channel();
-        let job = Job::ClientMessage {
+        let job = |reply| Job::ClientMessage {
             tenant: tenant.clone(),
             topic,
             body,
             reply,
         };
-        let gone = || ClientOutcome::Reject("server is shutting down".into());
-        if !self.send(job).await {
-            return gone();
-        }
-        answer.await.unwrap_or_else(|_| gone())
+        self.ask(job, || {
+            ClientOutcome::Reject("server is shutting down".into())
+        })
+        .await
     }
 
     /// Asks the tenant's guest (if it has an authorize hook) whether a connection may proceed.
@@ -151,19 +158,17 @@ impl Workers {
         can_publish: bool,
         claims: String,
     ) -> Authorization {
-        let (reply, answer) = oneshot::channel();
-        let job = Job::Authorize {
+        let job = |reply| Job::Authorize {
             tenant: tenant.clone(),
             topics,
             can_publish,
             claims,
             reply,
         };
-        let gone = || Authorization::Deny("server is shutting down".into());
-        if !self.send(job).await {
-            return gone();
-        }
-        answer.await.unwrap_or_else(|_| gone())
+        self.ask(job, || {
+            Authorization::Deny("server is shutting down".into())
+        })
+        .await
     }
 }
 

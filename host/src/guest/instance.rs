@@ -198,16 +198,11 @@ impl GuestInstance {
             ClientVerdict::Replace(b) | ClientVerdict::Reject(b) => b.len(),
             ClientVerdict::Accept => 0,
         };
-        if size > runtime.limits.max_output {
-            return Err(CallFailure::OutputTooLarge {
-                size,
-                max: runtime.limits.max_output,
-            });
-        }
+        cap_output(size, &runtime.limits)?;
         Ok(verdict)
     }
 
-    /// Calls `authorize`.
+    /// Calls `authorize` and checks the output cap (a denial's reason goes to the log and the client).
     pub fn authorize(
         &mut self,
         runtime: &GuestRuntime,
@@ -218,10 +213,14 @@ impl GuestInstance {
             .authorizer
             .as_ref()
             .ok_or(CallFailure::NotExported("authorize"))?;
-        let answer = export
+        let answer: Authorization = export
             .call_authorize(&mut self.store, &c.to_wit())
-            .map_err(|e| classify(e, runtime))?;
-        Ok(answer.into())
+            .map_err(|e| classify(e, runtime))?
+            .into();
+        if let Authorization::Deny(reason) = &answer {
+            cap_output(reason.len(), &runtime.limits)?;
+        }
+        Ok(answer)
     }
 
     /// Calls `on-notify` and checks the verdict against the output caps.
@@ -250,6 +249,17 @@ fn classify(error: wasmtime::Error, runtime: &GuestRuntime) -> CallFailure {
     }
 }
 
+/// The one output-size rule every hook's answer is held to.
+fn cap_output(size: usize, limits: &super::runtime::GuestLimits) -> Result<(), CallFailure> {
+    if size > limits.max_output {
+        return Err(CallFailure::OutputTooLarge {
+            size,
+            max: limits.max_output,
+        });
+    }
+    Ok(())
+}
+
 fn check_output(
     verdict: Verdict,
     limits: &super::runtime::GuestLimits,
@@ -266,12 +276,7 @@ fn check_output(
         Verdict::Reject(reason) => (reason.len(), 0),
         Verdict::Forward | Verdict::Drop => (0, 0),
     };
-    if size > limits.max_output {
-        return Err(CallFailure::OutputTooLarge {
-            size,
-            max: limits.max_output,
-        });
-    }
+    cap_output(size, limits)?;
     if routes > limits.max_routes {
         return Err(CallFailure::TooManyRoutes {
             count: routes,
