@@ -1,4 +1,5 @@
-//! The admin API: list, upload, remove and roll back tenant guests while the server runs.
+//! The admin API: list, upload, remove and roll back tenant guests while the server runs, and show
+//! which Postgres channels socket.io clients hold.
 //!
 //! Owns the `/admin/guests` routes and their bearer-token guard. Uploads are compiled off the async
 //! runtime and installed only if valid; a refused module leaves the running one serving and the reason
@@ -10,6 +11,8 @@
 //! PUT    /admin/guests/<tenant>          body: component bytes → 200 {version…} | 400 {error}
 //! DELETE /admin/guests/<tenant>          → 200 | 404
 //! POST   /admin/guests/<tenant>/rollback → 200 {version…} | 409 when there is no previous version
+//! GET    /admin/channels                 channels subscribed by name: {subscribed: {channel:
+//!                                        {tenant: sockets}}, listening: pg_listening_channels()}
 //! ```
 //! `<tenant>` may be `_default`. Every request needs `Authorization: Bearer <--admin-token>`.
 
@@ -24,6 +27,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::channels::Channels;
 use crate::guest::{GuestModule, GuestRegistry, GuestTarget};
 
 /// Largest component the API accepts (Python and JavaScript components run to tens of MB).
@@ -32,17 +36,20 @@ const MAX_UPLOAD: usize = 128 << 20;
 #[derive(Clone)]
 struct Admin {
     registry: Arc<GuestRegistry>,
+    channels: Arc<Channels>,
     token: Arc<str>,
 }
 
 /// The admin routes, guarded by `token`.
-pub fn routes(registry: Arc<GuestRegistry>, token: &str) -> Router {
+pub fn routes(registry: Arc<GuestRegistry>, channels: Arc<Channels>, token: &str) -> Router {
     let admin = Admin {
         registry,
+        channels,
         token: Arc::from(token),
     };
     Router::new()
         .route("/admin/guests", get(list))
+        .route("/admin/channels", get(channels_report))
         .route(
             "/admin/guests/{name}",
             put(upload)
@@ -157,4 +164,28 @@ async fn rollback(State(admin): State<Admin>, Path(name): Path<String>) -> Reply
     })?;
     tracing::info!(guest = %t, version = %m.version, "guest rolled back");
     Ok(describe(&t, &m))
+}
+
+/// Subscription counts and what the listener connection itself reports as LISTENed.
+async fn channels_report(State(admin): State<Admin>) -> Response {
+    let subscribed: serde_json::Map<String, serde_json::Value> = admin
+        .channels
+        .counts()
+        .into_iter()
+        .map(|(channel, tenants)| {
+            let tenants: serde_json::Map<String, serde_json::Value> =
+                tenants.into_iter().map(|(t, n)| (t, json!(n))).collect();
+            (channel, serde_json::Value::Object(tenants))
+        })
+        .collect();
+    match admin.channels.listening().await {
+        Ok(listening) => {
+            Json(json!({ "subscribed": subscribed, "listening": listening })).into_response()
+        }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "subscribed": subscribed, "error": e })),
+        )
+            .into_response(),
+    }
 }

@@ -6,6 +6,8 @@
 //! - tenant (claim name configurable, default `tenant`): required, a valid tenant name;
 //! - `topics`: optional list of topic patterns the client may receive (`orders`, `eu/*`, `*`);
 //!   absent means every topic of the tenant;
+//! - `channels`: optional list of Postgres channel patterns a socket.io client may subscribe to
+//!   (`orders`, `orders_*`, `*`; see `channels`); absent means none;
 //! - `mode`: `r` (default, receive only) or `rw` (may also publish);
 //! - `exp`: required; an expired token is refused, and a session is closed when its token expires.
 //!
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
+use crate::channels::{ChannelName, ChannelPattern};
 use crate::envelope::{NameError, TenantId, Topic, TopicPattern};
 
 /// Subprotocol prefix that carries a token, for browsers that cannot set headers:
@@ -28,6 +31,8 @@ pub struct Identity {
     pub tenant: TenantId,
     /// `None`: every topic of the tenant.
     pub topics: Option<Arc<[TopicPattern]>>,
+    /// Postgres channels a socket.io client may subscribe to by name.
+    pub channels: Arc<[ChannelPattern]>,
     pub can_publish: bool,
     /// Unix time (seconds) when the token expires; `None` for development identities.
     pub expires_at: Option<u64>,
@@ -36,13 +41,14 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// A development identity from `?tenant=` (only with `--insecure-tenant-param`): every topic,
-    /// may publish, never expires.
+    /// A development identity from `?tenant=` (only with `--insecure-tenant-param`): every topic and
+    /// channel, may publish, never expires.
     pub fn insecure(tenant: TenantId) -> Identity {
         Identity {
             claims: serde_json::json!({ "tenant": tenant.as_str(), "insecure": true }).to_string(),
             tenant,
             topics: None,
+            channels: Arc::from([ChannelPattern::any()]),
             can_publish: true,
             expires_at: None,
         }
@@ -53,6 +59,16 @@ impl Identity {
         self.topics
             .as_ref()
             .is_none_or(|patterns| patterns.iter().any(|p| p.matches(topic)))
+    }
+
+    /// Whether the token lets this socket.io client subscribe to `channel`.
+    pub fn allows_channel(&self, channel: &ChannelName) -> bool {
+        self.channels.iter().any(|p| p.matches(channel))
+    }
+
+    /// The channel patterns as strings.
+    pub fn channel_list(&self) -> Vec<String> {
+        self.channels.iter().map(ToString::to_string).collect()
     }
 
     /// The patterns as strings, `*` when everything is allowed.
@@ -87,6 +103,8 @@ pub enum AuthError {
     InvalidTenant(NameError),
     #[error("invalid `topics` claim: {0}")]
     InvalidTopics(String),
+    #[error("invalid `channels` claim: {0}")]
+    InvalidChannels(String),
     #[error("invalid `mode` claim: {0:?} (expected \"r\" or \"rw\")")]
     InvalidMode(String),
 }
@@ -104,6 +122,7 @@ impl AuthError {
             AuthError::MissingTenant(_) => "missing_tenant",
             AuthError::InvalidTenant(_) => "invalid_tenant",
             AuthError::InvalidTopics(_) => "invalid_topics",
+            AuthError::InvalidChannels(_) => "invalid_channels",
             AuthError::InvalidMode(_) => "invalid_mode",
         }
     }
@@ -241,6 +260,19 @@ impl Authenticator {
             }
             Some(_) => return Err(AuthError::InvalidTopics("must be a list".into())),
         };
+        let channels = match claims.get("channels") {
+            None | Some(serde_json::Value::Null) => Arc::from([]),
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    let s = v.as_str().ok_or("channels must be strings".to_owned())?;
+                    ChannelPattern::parse(s).map_err(|e| format!("{s:?}: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(AuthError::InvalidChannels)?
+                .into(),
+            Some(_) => return Err(AuthError::InvalidChannels("must be a list".into())),
+        };
         let can_publish = match claims.get("mode").and_then(|m| m.as_str()) {
             None | Some("r") => false,
             Some("rw") => true,
@@ -250,6 +282,7 @@ impl Authenticator {
         Ok(Identity {
             tenant,
             topics,
+            channels,
             can_publish,
             expires_at,
             claims: serde_json::Value::Object(claims).to_string(),
@@ -301,6 +334,31 @@ mod tests {
         assert_eq!(id.tenant.as_str(), "acme");
         assert!(id.can_publish);
         assert_eq!(id.topic_list(), ["eu/*"]);
+        assert!(
+            id.channel_list().is_empty(),
+            "no channels claim, no channels"
+        );
+    }
+
+    #[test]
+    fn channels_claim_grants_globs() {
+        let t = hs(
+            serde_json::json!({"tenant":"acme","exp":now()+60,"channels":["orders_*","news"]}),
+            "s3cret",
+        );
+        let id = auth().verify(&t).expect("valid");
+        let ch = |s: &str| ChannelName::parse(s).expect(s);
+        assert!(id.allows_channel(&ch("orders_eu")));
+        assert!(id.allows_channel(&ch("news")));
+        assert!(!id.allows_channel(&ch("newsroom")));
+        let bad = hs(
+            serde_json::json!({"tenant":"acme","exp":now()+60,"channels":["a b"]}),
+            "s3cret",
+        );
+        assert_eq!(
+            auth().verify(&bad).expect_err("bad").reason(),
+            "invalid_channels"
+        );
     }
 
     #[test]

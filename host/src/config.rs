@@ -82,6 +82,17 @@ pub struct Config {
     #[arg(long, env = "PGWS_PUBLISH_BURST", default_value_t = 20.0)]
     pub publish_burst: f64,
 
+    /// socket.io clients (at /socket.io/) that present no token connect as this tenant and may
+    /// subscribe to any channel that is not reserved, as with socketio_pg. For moving socketio_pg
+    /// users over unchanged; anyone who can reach the server can then read those channels.
+    #[arg(long, env = "PGWS_SOCKETIO_ANONYMOUS_TENANT")]
+    pub socketio_anonymous_tenant: Option<String>,
+
+    /// DEVELOPMENT ONLY: let every socket.io client use `test_pub` (NOTIFY on a channel it may
+    /// subscribe to), not only clients whose token has `"mode": "rw"`.
+    #[arg(long, env = "PGWS_SOCKETIO_TEST_PUB")]
+    pub socketio_test_pub: bool,
+
     /// Directory of guest components: `<tenant>.wasm` for one tenant, `_default.wasm` for every tenant
     /// without its own. No guest for a tenant and no default means messages are forwarded unchanged.
     #[arg(long, env = "PGWS_GUESTS")]
@@ -336,6 +347,10 @@ impl Config {
         }
         if self.guest_timeout_ms == 0 {
             return Err("--guest-timeout-ms must be at least 1".into());
+        }
+        if let Some(t) = &self.socketio_anonymous_tenant {
+            crate::envelope::TenantId::parse(t)
+                .map_err(|e| format!("--socketio-anonymous-tenant {t:?}: {e}"))?;
         }
         Ok(())
     }

@@ -203,6 +203,14 @@ impl JsonBody {
         Ok(JsonBody(Arc::from(s)))
     }
 
+    /// `text` as a JSON string literal. Serialising a string always yields valid JSON, so it is not
+    /// checked again.
+    pub fn string(text: &str) -> Self {
+        JsonBody(Arc::from(
+            serde_json::Value::String(text.to_owned()).to_string(),
+        ))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -5,9 +5,11 @@
 //!
 //! ```text
 //! listener ──▶ pipeline ──(envelope::parse)──▶ guest (per tenant) ──▶ hub ──▶ session ──▶ socket
+//!                  └──(channel subscribed by name)──▶ guest (per tenant) ──▶ socketio rooms
 //! ```
 //!
 //! - [`listener`]: the one LISTEN connection, drained, reconnected with back-off;
+//! - [`channels`]: channels socket.io clients subscribe to by name, reference-counted;
 //! - [`envelope`]: the payload format `<tenant>[/<topic>],<json>` and its name rules;
 //! - [`pipeline`]: worker threads that run each tenant's guest in order and apply its verdict;
 //! - [`guest`]: the WebAssembly runtime, limits and the tenant → guest registry;
@@ -18,6 +20,7 @@
 //! - [`auth`]: JWT verification into an identity (tenant, topics, mode);
 //! - [`publisher`]: client messages into Postgres via `pg_notify`;
 //! - [`upgrade`]: who a connecting client is, decided before the WebSocket upgrade;
+//! - [`socketio`]: the socket.io endpoint (socketio_pg's events) and its rooms;
 //! - [`server`]: the accept loop, plain HTTP routes, start-up and shutdown order;
 //! - [`admin`]: the token-guarded API to list, upload, remove and roll back guests;
 //! - [`embedded`]: the private development PostgreSQL started when no database URL is given;
@@ -25,6 +28,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod channels;
 pub mod config;
 pub mod embedded;
 pub mod envelope;
@@ -38,4 +42,5 @@ pub mod protocol;
 pub mod publisher;
 pub mod server;
 pub mod session;
+pub mod socketio;
 pub mod upgrade;

@@ -1,12 +1,16 @@
 //! The one Postgres connection that LISTENs, and its life: connect, LISTEN, drain, detect death,
 //! reconnect with back-off.
 //!
-//! Owns the LISTEN connection and the readiness flag. Notifications leave as [`ListenerEvent`]s on a
+//! Owns the LISTEN connection and the readiness flag. It LISTENs on the configured envelope channels
+//! and, at run time, on the channels socket.io clients subscribe to: `channels` keeps the reference
+//! counts and queues [`ListenCommand`]s, which this module applies on the same connection in queue
+//! order while notifications keep flowing (the connection is drained by its own task). After a
+//! reconnect every wanted channel is LISTENed again. Notifications leave as [`ListenerEvent`]s on a
 //! bounded channel in the order Postgres delivered them; a reconnect emits [`ListenerEvent::Gap`],
 //! because NOTIFYs sent while no one listened are gone by Postgres' design. It does not parse payloads
 //! (that is `envelope`) and never waits on a WebSocket client: its only consumer is the pipeline.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
+use crate::channels::{Channels, ListenCommand};
 use crate::metrics as m;
 
 /// What the listener hands downstream, in delivery order.
@@ -77,13 +82,23 @@ pub async fn run(
     config: ListenerConfig,
     events: mpsc::Sender<ListenerEvent>,
     readiness: Readiness,
+    channels: Arc<Channels>,
+    mut commands: mpsc::UnboundedReceiver<ListenCommand>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = config.backoff_min;
     let mut connected_before = false;
     let mut names = ChannelNames::default();
     loop {
-        let attempt = listen_once(&config, &events, &readiness, &mut names, connected_before);
+        let attempt = listen_once(
+            &config,
+            &events,
+            &readiness,
+            &channels,
+            &mut commands,
+            &mut names,
+            connected_before,
+        );
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => break,
             outcome = attempt => outcome,
@@ -101,9 +116,19 @@ pub async fn run(
             }
             Outcome::DownstreamGone => break,
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(backoff) => {}
+        let pause = tokio::time::sleep(backoff);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = &mut pause => break,
+                // While disconnected, subscriptions are only counted: the reconnect LISTENs on every
+                // wanted channel, so a subscriber need not wait for Postgres to come back.
+                Some(command) = commands.recv() => answer_offline(command),
+            }
+        }
+        if shutdown.is_cancelled() {
+            break;
         }
         backoff = (backoff * 2).min(config.backoff_max);
     }
@@ -120,10 +145,24 @@ enum Outcome {
     DownstreamGone,
 }
 
+fn answer_offline(command: ListenCommand) {
+    match command {
+        ListenCommand::Listen(_, ack) => {
+            let _ = ack.send(());
+        }
+        ListenCommand::Unlisten(_) => {}
+        ListenCommand::Report(reply) => {
+            let _ = reply.send(Err("not connected to Postgres".into()));
+        }
+    }
+}
+
 async fn listen_once(
     config: &ListenerConfig,
     events: &mpsc::Sender<ListenerEvent>,
     readiness: &Readiness,
+    channels: &Channels,
+    commands: &mut mpsc::UnboundedReceiver<ListenCommand>,
     names: &mut ChannelNames,
     connected_before: bool,
 ) -> Outcome {
@@ -179,8 +218,18 @@ async fn listen_once(
             return Outcome::Failed(ConnectionLost::Listen(e));
         }
     }
+    // Channels subscribed by name. Commands queued meanwhile are applied after this, in order, so a
+    // channel dropped since the snapshot is UNLISTENed again and one added is LISTENed.
+    let mut listening: HashSet<Arc<str>> = HashSet::new();
+    for channel in channels.all_wanted() {
+        if let Err(e) = client.batch_execute(&listen_sql(&channel)).await {
+            drain.abort();
+            return Outcome::Failed(ConnectionLost::Listen(e));
+        }
+        listening.insert(channel);
+    }
     readiness.set(true);
-    tracing::info!(channels = ?config.channels, "listening");
+    tracing::info!(channels = ?config.channels, subscribed = listening.len(), "listening");
     if connected_before && events.send(ListenerEvent::Gap).await.is_err() {
         return Outcome::DownstreamGone;
     }
@@ -200,6 +249,11 @@ async fn listen_once(
                     Err(_) => break ConnectionLost::HealthCheckTimeout(config.health_check),
                 }
             }
+            Some(command) = commands.recv() => {
+                if let Err(lost) = apply(&client, channels, &mut listening, command).await {
+                    break lost;
+                }
+            }
         }
     };
     drop(client);
@@ -209,19 +263,91 @@ async fn listen_once(
     Outcome::Listened(lost)
 }
 
+/// Applies one subscription change on the live connection. A failed statement means the connection
+/// is gone; the channel stays wanted, so the reconnect takes care of it and the subscriber is told it
+/// is subscribed.
+async fn apply(
+    client: &tokio_postgres::Client,
+    channels: &Channels,
+    listening: &mut HashSet<Arc<str>>,
+    command: ListenCommand,
+) -> Result<(), ConnectionLost> {
+    match command {
+        ListenCommand::Listen(channel, ack) => {
+            let result = if listening.contains(&channel) {
+                Ok(())
+            } else {
+                let r = client.batch_execute(&listen_sql(&channel)).await;
+                if r.is_ok() {
+                    tracing::debug!(%channel, "LISTEN");
+                    listening.insert(channel);
+                }
+                r
+            };
+            let _ = ack.send(());
+            result.map_err(ConnectionLost::Listen)
+        }
+        // Wanted again since the UNLISTEN was queued: a LISTEN follows in the queue, skip both.
+        ListenCommand::Unlisten(channel) if channels.is_wanted(&channel) => Ok(()),
+        ListenCommand::Unlisten(channel) => {
+            if !listening.remove(&channel) {
+                return Ok(());
+            }
+            tracing::debug!(%channel, "UNLISTEN");
+            client
+                .batch_execute(&unlisten_sql(&channel))
+                .await
+                .map_err(ConnectionLost::Listen)
+        }
+        ListenCommand::Report(reply) => {
+            let rows = client
+                .query("select pg_listening_channels()", &[])
+                .await
+                .map_err(ConnectionLost::Closed);
+            match rows {
+                Ok(rows) => {
+                    let mut names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                    names.sort();
+                    let _ = reply.send(Ok(names));
+                    Ok(())
+                }
+                Err(lost) => {
+                    let _ = reply.send(Err(lost.to_string()));
+                    Err(lost)
+                }
+            }
+        }
+    }
+}
+
 /// `LISTEN "<channel>"` with the name quoted as an identifier, so any channel name is safe.
 pub fn listen_sql(channel: &str) -> String {
-    format!("LISTEN \"{}\"", channel.replace('"', "\"\""))
+    format!("LISTEN {}", quote_ident(channel))
+}
+
+fn unlisten_sql(channel: &str) -> String {
+    format!("UNLISTEN {}", quote_ident(channel))
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Interns channel names so each notification carries a shared `Arc<str>`, not a new allocation.
 #[derive(Default)]
 struct ChannelNames(HashMap<String, Arc<str>>);
 
+/// Past this many interned names (clients can subscribe to many channels over time) the table starts
+/// over rather than growing without bound.
+const MAX_INTERNED: usize = 4096;
+
 impl ChannelNames {
     fn get(&mut self, name: &str) -> Arc<str> {
         if let Some(n) = self.0.get(name) {
             return n.clone();
+        }
+        if self.0.len() >= MAX_INTERNED {
+            self.0.clear();
         }
         let n: Arc<str> = Arc::from(name);
         self.0.insert(name.to_owned(), n.clone());

@@ -23,6 +23,11 @@ pub const GUEST_FAILURES: &str = "pgws_guest_failures_total";
 pub const GUEST_CALL_SECONDS: &str = "pgws_guest_call_seconds";
 pub const GUEST_LOADS: &str = "pgws_guest_loads_total";
 pub const CLIENT_PUBLISHES: &str = "pgws_client_publishes_total";
+pub const SOCKETIO_CONNECTIONS: &str = "pgws_socketio_connections_total";
+pub const SOCKETIO_DISCONNECTIONS: &str = "pgws_socketio_disconnections_total";
+pub const SOCKETIO_EVENTS: &str = "pgws_socketio_events_total";
+pub const SOCKETIO_SEND_FAILURES: &str = "pgws_socketio_send_failures_total";
+pub const SOCKETIO_ERRORS: &str = "pgws_socketio_errors_total";
 
 /// Installs the global recorder and describes every series. Call once, from the binary.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
@@ -87,4 +92,18 @@ fn describe() {
     describe_histogram!(GUEST_CALL_SECONDS, Unit::Seconds, "Duration of guest calls");
     describe_counter!(GUEST_LOADS, "Guest components loaded, by outcome");
     describe_counter!(CLIENT_PUBLISHES, "Client publish frames, by outcome");
+    describe_counter!(SOCKETIO_CONNECTIONS, "socket.io clients connected");
+    describe_counter!(SOCKETIO_DISCONNECTIONS, "socket.io clients disconnected");
+    describe_counter!(
+        SOCKETIO_EVENTS,
+        "socket.io `event` broadcasts, one per message per tenant room"
+    );
+    describe_counter!(
+        SOCKETIO_SEND_FAILURES,
+        "socket.io broadcasts that some socket could not take (buffer full or closed)"
+    );
+    describe_counter!(
+        SOCKETIO_ERRORS,
+        "socket.io requests answered with `error`, by event"
+    );
 }

@@ -1,4 +1,9 @@
-//! From listener events to hub deliveries: parse, run the tenant's guest, publish.
+//! From listener events to deliveries: parse, run the tenant's guest, publish to the hub (WebSocket
+//! sessions) or to socket.io rooms.
+//!
+//! A NOTIFY on an envelope channel names its tenant in the payload. A NOTIFY on a channel socket.io
+//! clients subscribed to by name goes to every tenant with a subscriber there, through each tenant's
+//! own guest, once per tenant.
 //!
 //! Owns the guest worker threads. Each tenant is pinned to one worker (by hash), so its messages are
 //! handled one at a time in the order Postgres delivered them, and each worker owns its tenants' warm
@@ -6,7 +11,7 @@
 //! the same workers (through [`Workers`]) for the guest's client-message and authorize hooks, so every
 //! call into a tenant's guest happens on one thread. This module applies the failure policy (fail
 //! closed by default, isolate a guest that keeps failing); it does not know about sockets or
-//! subscribers beyond [`Hub::publish`].
+//! subscribers beyond [`Hub::publish`] and [`Rooms::deliver`].
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -16,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::channels::Channels;
 use crate::config::FailurePolicy;
 use crate::envelope::{Envelope, JsonBody, TenantId, Topic};
 use crate::guest::{
@@ -25,6 +31,7 @@ use crate::guest::{
 use crate::hub::{Delivery, Hub};
 use crate::listener::ListenerEvent;
 use crate::metrics as m;
+use crate::socketio::{self, Rooms};
 
 /// Messages waiting for one worker. Bounded so a stalled guest pushes back on the listener (and from
 /// there on Postgres' own queue) instead of growing memory.
@@ -40,11 +47,23 @@ pub struct FailureRules {
     pub isolation: Duration,
 }
 
+/// Where a notification's deliveries go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// WebSocket sessions of the tenant, by topic (envelope channels).
+    Hub,
+    /// socket.io sockets of the tenant subscribed to the channel.
+    Rooms,
+}
+
 /// A notification on its way through a worker.
 struct Notify {
-    envelope: Envelope,
+    tenant: TenantId,
+    topic: Option<Topic>,
+    body: JsonBody,
     channel: Arc<str>,
     received: Instant,
+    target: Target,
 }
 
 /// Work for a guest worker. Every variant concerns one tenant, which picks the worker.
@@ -68,7 +87,7 @@ enum Job {
 impl Job {
     fn tenant(&self) -> &TenantId {
         match self {
-            Job::Notify(n) => &n.envelope.tenant,
+            Job::Notify(n) => &n.tenant,
             Job::ClientMessage { tenant, .. } | Job::Authorize { tenant, .. } => tenant,
         }
     }
@@ -94,6 +113,7 @@ impl Workers {
     pub fn start(
         registry: Arc<GuestRegistry>,
         hub: Arc<Hub>,
+        rooms: Rooms,
         rules: FailureRules,
         threads: usize,
     ) -> std::io::Result<Workers> {
@@ -104,6 +124,7 @@ impl Workers {
                 jobs: rx,
                 registry: registry.clone(),
                 hub: hub.clone(),
+                rooms: rooms.clone(),
                 rules: rules.clone(),
                 tenants: HashMap::new(),
             };
@@ -173,17 +194,52 @@ impl Workers {
 }
 
 /// Feeds listener events to the workers until `events` closes.
-pub async fn run(mut events: mpsc::Receiver<ListenerEvent>, workers: Workers, hub: Arc<Hub>) {
+pub async fn run(
+    mut events: mpsc::Receiver<ListenerEvent>,
+    workers: Workers,
+    hub: Arc<Hub>,
+    channels: Arc<Channels>,
+) {
     while let Some(event) = events.recv().await {
         match event {
+            ListenerEvent::Notification { channel, payload } if !channels.is_envelope(&channel) => {
+                let received = Instant::now();
+                let tenants = channels.tenants(&channel);
+                if tenants.is_empty() {
+                    // An UNLISTEN was on its way when this arrived.
+                    continue;
+                }
+                let body = socketio::payload_body(&payload);
+                for tenant in tenants {
+                    let job = Job::Notify(Notify {
+                        tenant,
+                        topic: None,
+                        body: body.clone(),
+                        channel: channel.clone(),
+                        received,
+                        target: Target::Rooms,
+                    });
+                    if !workers.send(job).await {
+                        tracing::error!("guest workers stopped; shutting the pipeline down");
+                        return;
+                    }
+                }
+            }
             ListenerEvent::Notification { channel, payload } => {
                 let received = Instant::now();
                 match Envelope::parse(&payload) {
-                    Ok(envelope) => {
+                    Ok(Envelope {
+                        tenant,
+                        topic,
+                        body,
+                    }) => {
                         let job = Job::Notify(Notify {
-                            envelope,
+                            tenant,
+                            topic,
+                            body,
                             channel,
                             received,
+                            target: Target::Hub,
                         });
                         if !workers.send(job).await {
                             tracing::error!("guest workers stopped; shutting the pipeline down");
@@ -326,6 +382,7 @@ struct Worker {
     jobs: mpsc::Receiver<Job>,
     registry: Arc<GuestRegistry>,
     hub: Arc<Hub>,
+    rooms: Rooms,
     rules: FailureRules,
     tenants: HashMap<TenantId, TenantSlot>,
 }
@@ -388,7 +445,10 @@ impl Worker {
                         }
                     }
                 };
-                finish(&self.hub, &mut slot.seq, &tenant, &n, outcome);
+                match n.target {
+                    Target::Hub => finish(&self.hub, &mut slot.seq, &tenant, &n, outcome),
+                    Target::Rooms => finish_rooms(&self.rooms, &tenant, &n, outcome),
+                }
             }
             Job::ClientMessage {
                 topic, body, reply, ..
@@ -465,6 +525,30 @@ fn finish(hub: &Hub, seq: &mut u64, tenant: &TenantId, n: &Notify, outcome: Outc
             metrics::counter!(m::MESSAGES_PUBLISHED).increment(1);
             metrics::histogram!(m::LISTENER_LAG).record(n.received.elapsed().as_secs_f64());
         }
+        other => count_undelivered(tenant, other),
+    }
+}
+
+/// Emits the outcome of one notification to socket.io rooms. The event goes out on the channel it
+/// arrived on; a guest's `route` verdict sends each body on the route's topic taken as a channel name.
+fn finish_rooms(rooms: &Rooms, tenant: &TenantId, n: &Notify, outcome: Outcome) {
+    match outcome {
+        Outcome::Deliver(messages) => {
+            for (topic, body) in messages {
+                let channel = topic.as_ref().map_or(&*n.channel, Topic::as_str);
+                rooms.deliver(tenant, channel, &body);
+            }
+            metrics::counter!(m::MESSAGES_PUBLISHED).increment(1);
+            metrics::histogram!(m::LISTENER_LAG).record(n.received.elapsed().as_secs_f64());
+        }
+        other => count_undelivered(tenant, other),
+    }
+}
+
+/// Counts a notification that produced no delivery.
+fn count_undelivered(tenant: &TenantId, outcome: Outcome) {
+    match outcome {
+        Outcome::Deliver(_) => {}
         Outcome::Dropped => {
             metrics::counter!(m::MESSAGES_DROPPED, "tenant" => tenant.to_string()).increment(1);
         }
@@ -476,16 +560,15 @@ fn finish(hub: &Hub, seq: &mut u64, tenant: &TenantId, n: &Notify, outcome: Outc
 }
 
 fn original(n: &Notify) -> (Option<Topic>, JsonBody) {
-    (n.envelope.topic.clone(), n.envelope.body.clone())
+    (n.topic.clone(), n.body.clone())
 }
 
 fn notification(n: &Notify) -> NotificationRef<'_> {
-    let e = &n.envelope;
     NotificationRef {
-        tenant: e.tenant.as_str(),
-        topic: e.topic.as_ref().map(Topic::as_str),
+        tenant: n.tenant.as_str(),
+        topic: n.topic.as_ref().map(Topic::as_str),
         channel: &n.channel,
-        body: e.body.as_str(),
+        body: n.body.as_str(),
     }
 }
 
@@ -496,7 +579,7 @@ fn apply(verdict: Verdict, n: &Notify) -> Outcome {
         Verdict::Drop => Outcome::Dropped,
         Verdict::Reject(reason) => Outcome::Rejected("guest_rejected", reason),
         Verdict::Replace(body) => match JsonBody::from_string(body) {
-            Ok(body) => Outcome::Deliver(vec![(n.envelope.topic.clone(), body)]),
+            Ok(body) => Outcome::Deliver(vec![(n.topic.clone(), body)]),
             Err(e) => Outcome::Rejected("guest_invalid_output", e.to_string()),
         },
         Verdict::Route(routes) => {
@@ -512,7 +595,7 @@ fn apply(verdict: Verdict, n: &Notify) -> Outcome {
                     }
                 };
                 let body = match body {
-                    None => n.envelope.body.clone(),
+                    None => n.body.clone(),
                     Some(b) => match JsonBody::from_string(b) {
                         Ok(b) => b,
                         Err(e) => return Outcome::Rejected("guest_invalid_output", e.to_string()),

@@ -1,8 +1,11 @@
-//! Client messages into Postgres: `pg_notify(<inbound channel>, '<tenant>[/<topic>],<json>')`.
+//! Client messages into Postgres: `pg_notify(<inbound channel>, '<tenant>[/<topic>],<json>')`, or
+//! for socket.io's `test_pub`, `pg_notify(<channel>, '<json>')`; and the per-client publish rate limit.
 //!
 //! Owns a small connection pool, separate from the LISTEN connection so a slow publish never delays
 //! notifications. The tenant is always the one the host verified; nothing a client sends can change
 //! it. It does not check permissions or run guests (`session` and `pipeline` do, before calling it).
+
+use std::time::Instant;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
@@ -46,6 +49,14 @@ impl Publisher {
         &self.channel
     }
 
+    /// Sends `body` as is on `channel` (socket.io `test_pub`); returns once Postgres committed it.
+    pub async fn notify(&self, channel: &str, body: &JsonBody) -> Result<(), PublishError> {
+        if body.as_str().len() >= MAX_PAYLOAD {
+            return Err(PublishError::TooLarge(body.as_str().len()));
+        }
+        self.send(channel, body.as_str()).await
+    }
+
     /// Sends one message; returns once Postgres committed the NOTIFY.
     pub async fn publish(
         &self,
@@ -60,6 +71,10 @@ impl Publisher {
         if payload.len() >= MAX_PAYLOAD {
             return Err(PublishError::TooLarge(payload.len()));
         }
+        self.send(&self.channel, &payload).await
+    }
+
+    async fn send(&self, channel: &str, payload: &str) -> Result<(), PublishError> {
         let client = self
             .pool
             .get()
@@ -70,9 +85,41 @@ impl Publisher {
             .await
             .map_err(|e| PublishError::Unavailable(e.to_string()))?;
         client
-            .execute(&statement, &[&self.channel, &payload])
+            .execute(&statement, &[&channel, &payload])
             .await
             .map_err(|e| PublishError::Unavailable(e.to_string()))?;
         Ok(())
+    }
+}
+
+/// A token bucket: `rate` per second, at most `burst` saved up.
+pub struct RateLimit {
+    tokens: f64,
+    last: Instant,
+    rate: f64,
+    burst: f64,
+}
+
+impl RateLimit {
+    pub fn new(rate: f64, burst: f64) -> Self {
+        RateLimit {
+            tokens: burst,
+            last: Instant::now(),
+            rate,
+            burst,
+        }
+    }
+
+    pub fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! The HTTP face of pgws and the wiring of the whole service.
 //!
 //! Owns the listening socket and accept loop, the plain routes (`/`, `/client/pgws-client.js`,
-//! `/healthz`, `/readyz`, `/metrics`; `/ws` is `upgrade`'s, `/admin` is `admin`'s), and the order of
+//! `/socket-test`, `/healthz`, `/readyz`, `/metrics`; `/ws` is `upgrade`'s, `/socket.io/` is
+//! `socketio`'s, `/admin` is `admin`'s), and the order of
 //! start-up and shutdown: guests load before the listener starts (so no message skips its guest), and
 //! on shutdown the server stops accepting, closes every session with 1001, waits for them within a
 //! bound, then stops the listener and the pipeline.
@@ -23,13 +24,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
+use crate::channels::Channels;
 use crate::config::Config;
+use crate::envelope::TenantId;
 use crate::guest::{GuestLimits, GuestRegistry, GuestRuntime};
 use crate::hub::{Hub, SessionLimits};
 use crate::listener::{self, ListenerConfig, Readiness};
 use crate::pipeline::{self, FailureRules, Workers};
 use crate::publisher::Publisher;
 use crate::session::SessionContext;
+use crate::socketio::{self, SocketIoContext};
 use crate::upgrade::Upgrades;
 
 /// Events buffered between the LISTEN connection and the pipeline.
@@ -104,6 +108,8 @@ pub async fn run(
         per_tenant: config.max_connections_per_tenant,
     }));
     let readiness = Readiness::default();
+    let (channels, listen_commands) = Channels::new(&config.channels, config.inbound_channel());
+    let channels = Arc::new(channels);
     let (events_tx, events_rx) = mpsc::channel(LISTENER_QUEUE);
     let (backoff_min, backoff_max) = config.reconnect_backoff();
     let listener_task = tokio::spawn(listener::run(
@@ -116,11 +122,15 @@ pub async fn run(
         },
         events_tx,
         readiness.clone(),
+        channels.clone(),
+        listen_commands,
         shutdown.clone(),
     ));
+    let (socketio_layer, rooms) = socketio::layer(config.session_queue);
     let workers = Workers::start(
         registry.clone(),
         hub.clone(),
+        rooms.clone(),
         FailureRules {
             policy: config.guest_failure,
             max_failures: config.guest_max_failures.max(1),
@@ -129,7 +139,41 @@ pub async fn run(
         config.guest_threads(),
     )
     .context("starting guest worker threads")?;
-    let pipeline_task = tokio::spawn(pipeline::run(events_rx, workers.clone(), hub.clone()));
+    let pipeline_task = tokio::spawn(pipeline::run(
+        events_rx,
+        workers.clone(),
+        hub.clone(),
+        channels.clone(),
+    ));
+
+    let anonymous_tenant = config
+        .socketio_anonymous_tenant
+        .as_deref()
+        .map(TenantId::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--socketio-anonymous-tenant: {e}"))?;
+    if let Some(t) = &anonymous_tenant {
+        tracing::warn!(
+            tenant = %t,
+            "--socketio-anonymous-tenant is on: socket.io clients without a token read any \
+             unreserved channel as this tenant"
+        );
+    }
+    socketio::attach(
+        &rooms,
+        Arc::new(SocketIoContext {
+            auth: auth.clone(),
+            insecure_tenant_param: config.insecure_tenant_param,
+            anonymous_tenant,
+            test_pub: config.socketio_test_pub,
+            channels: channels.clone(),
+            workers: workers.clone(),
+            publisher: publisher.clone(),
+            publish_rate: config.publish_rate,
+            publish_burst: config.publish_burst,
+            shutdown: shutdown.clone(),
+        }),
+    );
 
     let sessions = TaskTracker::new();
     let upgrades = Upgrades {
@@ -150,18 +194,21 @@ pub async fn run(
         sessions: sessions.clone(),
     };
     let admin = match &config.admin_token {
-        Some(token) => crate::admin::routes(registry.clone(), token),
+        Some(token) => crate::admin::routes(registry.clone(), channels.clone(), token),
         None => Router::new(),
     };
     let app = Router::new()
         .route("/", get(demo_page))
         .route("/client/pgws-client.js", get(client_module))
+        .route("/socket-test", get(socket_test_page))
+        .route("/static/socket.io.js", get(socketio_client))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
         .with_state(AppState { readiness, metrics })
         .merge(crate::upgrade::routes(upgrades))
-        .merge(admin);
+        .merge(admin)
+        .layer(socketio_layer);
 
     let addr = tcp.local_addr()?;
     tracing::info!(%addr, channels = ?config.channels, "pgws serving");
@@ -210,7 +257,16 @@ async fn serve_http(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        // The peer address rides along as a request extension (socket.io's `server_hello` names it).
+        let app = app.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                tower::ServiceExt::oneshot(app.clone(), request)
+            },
+        );
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()
@@ -269,6 +325,21 @@ fn default_cache_dir() -> Option<std::path::PathBuf> {
 /// The demo page: pick a tenant (or paste a token), watch messages arrive, publish one back.
 async fn demo_page() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("../static/index.html"))
+}
+
+/// socketio_pg's test page: connect, subscribe to a channel, watch events arrive.
+async fn socket_test_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../static/socket-test.html"))
+}
+
+/// The socket.io JavaScript client 2.x that socketio_pg bundled (it speaks to `/socket.io/` with the
+/// older protocol, which this server also speaks).
+async fn socketio_client() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../static/socket.io-2.5.0.min.js"),
+    )
+        .into_response()
 }
 
 /// The browser client module the demo page (and any page) can import.

@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
@@ -23,7 +23,7 @@ use crate::hub::{Registration, TopicFilter};
 use crate::metrics as m;
 use crate::pipeline::{ClientOutcome, Workers};
 use crate::protocol::{self, ClientFrame};
-use crate::publisher::{PublishError, Publisher};
+use crate::publisher::{PublishError, Publisher, RateLimit};
 
 /// Close code for a client whose queue overflowed ("try again later").
 pub const CLOSE_TOO_SLOW: u16 = 1013;
@@ -80,38 +80,6 @@ impl Ending {
             Ending::PingTimeout => "ping_timeout",
             Ending::TokenExpired => "token_expired",
             Ending::HubDropped => "hub_dropped",
-        }
-    }
-}
-
-/// A token bucket: `rate` per second, at most `burst` saved up.
-struct RateLimit {
-    tokens: f64,
-    last: Instant,
-    rate: f64,
-    burst: f64,
-}
-
-impl RateLimit {
-    fn new(rate: f64, burst: f64) -> Self {
-        RateLimit {
-            tokens: burst,
-            last: Instant::now(),
-            rate,
-            burst,
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
         }
     }
 }

@@ -12,4 +12,5 @@ mod hotswap;
 mod pipeline;
 mod quickstart;
 mod reliability;
+mod socketio;
 mod triggers;

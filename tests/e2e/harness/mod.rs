@@ -6,6 +6,7 @@ pub mod http;
 pub mod languages;
 pub mod pg;
 pub mod server;
+pub mod socketio;
 
 use std::time::Duration;
 

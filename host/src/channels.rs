@@ -1,0 +1,397 @@
+//! Postgres channels that socket.io clients subscribe to by name: the name rule, the glob patterns a
+//! token grants, and the reference counts that decide when the listener LISTENs and UNLISTENs.
+//!
+//! Owns which tenants want which channel. The first subscriber of a channel (any tenant) queues a
+//! LISTEN and the last one leaving queues an UNLISTEN, both to the one listener connection; the
+//! listener (which owns that connection) applies them in queue order and re-LISTENs every wanted
+//! channel after a reconnect. It does not talk to clients (`socketio`) or run guests (`pipeline`).
+//!
+//! Name rule: 1–63 bytes (Postgres truncates identifiers longer than that), first an ASCII letter,
+//! digit or `_`, then letters, digits, `_`, `-`, `.` or `:`. Names are sent as quoted identifiers, so
+//! they are case-sensitive. The envelope channels (`--channel`) and the inbound channel are reserved:
+//! they carry every tenant's traffic and are never handed to a socket.io client.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::envelope::TenantId;
+
+/// Longest channel name Postgres keeps without truncating (NAMEDATALEN - 1).
+pub const MAX_CHANNEL_LEN: usize = 63;
+
+/// A channel name that passed the name rule.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ChannelName(Arc<str>);
+
+impl ChannelName {
+    pub fn parse(s: &str) -> Result<ChannelName, ChannelError> {
+        let first = s.chars().next().ok_or(ChannelError::Empty)?;
+        if s.len() > MAX_CHANNEL_LEN {
+            return Err(ChannelError::TooLong);
+        }
+        if !(first.is_ascii_alphanumeric() || first == '_') {
+            return Err(ChannelError::BadStart(first));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
+        {
+            return Err(ChannelError::BadChar(c));
+        }
+        Ok(ChannelName(Arc::from(s)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn shared(&self) -> Arc<str> {
+        self.0.clone()
+    }
+}
+
+impl fmt::Display for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// Why a channel name was refused; the message goes back to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelError {
+    #[error("channel name is empty")]
+    Empty,
+    #[error("channel name is longer than {MAX_CHANNEL_LEN} bytes")]
+    TooLong,
+    #[error("channel name must start with a letter, digit or `_`, not {0:?}")]
+    BadStart(char),
+    #[error("channel name may only hold letters, digits, `_`, `-`, `.` and `:`, not {0:?}")]
+    BadChar(char),
+}
+
+/// A channel pattern a token grants: `*` matches any run of characters (also none), `?` exactly one;
+/// everything else matches itself. `orders`, `orders_*`, `eu.*.prices`, `*`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ChannelPattern(Arc<str>);
+
+impl ChannelPattern {
+    pub fn parse(s: &str) -> Result<ChannelPattern, ChannelError> {
+        if s.is_empty() {
+            return Err(ChannelError::Empty);
+        }
+        if let Some(c) = s.chars().find(|&c| {
+            !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '*' | '?'))
+        }) {
+            return Err(ChannelError::BadChar(c));
+        }
+        Ok(ChannelPattern(Arc::from(s)))
+    }
+
+    /// The pattern that matches every channel.
+    pub fn any() -> ChannelPattern {
+        ChannelPattern(Arc::from("*"))
+    }
+
+    pub fn matches(&self, channel: &ChannelName) -> bool {
+        glob(self.0.as_bytes(), channel.as_str().as_bytes())
+    }
+}
+
+impl fmt::Display for ChannelPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ChannelPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// Iterative glob match with backtracking to the last `*`: linear in practice, never exponential.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Work for the listener connection, applied in the order it was queued.
+#[derive(Debug)]
+pub enum ListenCommand {
+    /// LISTEN unless already listening; answer once Postgres confirmed (or the connection is down,
+    /// in which case the reconnect LISTENs it).
+    Listen(Arc<str>, oneshot::Sender<()>),
+    /// UNLISTEN, unless the channel became wanted again meanwhile.
+    Unlisten(Arc<str>),
+    /// What `pg_listening_channels()` says on the listener connection; `Err` while it is down.
+    Report(oneshot::Sender<Result<Vec<String>, String>>),
+}
+
+/// The listener has stopped (the server is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the Postgres listener has stopped")]
+pub struct ListenerGone;
+
+/// Who subscribes to what, shared by the socket.io endpoint, the pipeline and the listener.
+pub struct Channels {
+    /// Channels whose payloads are `<tenant>[/<topic>],<json>` envelopes.
+    envelope: HashSet<String>,
+    /// Envelope channels plus the inbound channel: never subscribable by name.
+    reserved: HashSet<String>,
+    /// channel → tenant → sockets of that tenant subscribed to it. A channel is present while it has
+    /// at least one subscriber.
+    wanted: Mutex<HashMap<Arc<str>, HashMap<TenantId, usize>>>,
+    commands: mpsc::UnboundedSender<ListenCommand>,
+}
+
+impl Channels {
+    /// The registry and the command queue the listener drains.
+    pub fn new(
+        envelope: &[String],
+        inbound: &str,
+    ) -> (Channels, mpsc::UnboundedReceiver<ListenCommand>) {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let envelope: HashSet<String> = envelope.iter().cloned().collect();
+        let mut reserved = envelope.clone();
+        reserved.insert(inbound.to_owned());
+        let channels = Channels {
+            envelope,
+            reserved,
+            wanted: Mutex::default(),
+            commands,
+        };
+        (channels, rx)
+    }
+
+    /// Whether `channel` carries tenant envelopes (as opposed to a channel subscribed by name).
+    pub fn is_envelope(&self, channel: &str) -> bool {
+        self.envelope.contains(channel)
+    }
+
+    /// Whether clients are kept off `channel` because it carries every tenant's traffic.
+    pub fn is_reserved(&self, channel: &ChannelName) -> bool {
+        self.reserved.contains(channel.as_str())
+    }
+
+    fn wanted(&self) -> MutexGuard<'_, HashMap<Arc<str>, HashMap<TenantId, usize>>> {
+        // A panic while holding this lock leaves counts that are still consistent (every update is a
+        // single insert or remove), so a poisoned lock is used as is.
+        self.wanted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts one more socket of `tenant` on `channel`, and returns once the listener LISTENs on it
+    /// (so a NOTIFY sent after this returns is seen).
+    pub async fn subscribe(
+        &self,
+        tenant: &TenantId,
+        channel: &ChannelName,
+    ) -> Result<(), ListenerGone> {
+        let (ack, confirmed) = oneshot::channel();
+        {
+            let mut wanted = self.wanted();
+            *wanted
+                .entry(channel.shared())
+                .or_default()
+                .entry(tenant.clone())
+                .or_default() += 1;
+            // Queued under the lock, so commands reach the listener in the order counts changed.
+            // Every subscribe waits for its own LISTEN: a second subscriber must not be told
+            // "subscribed" while the first one's LISTEN is still on its way.
+            self.commands
+                .send(ListenCommand::Listen(channel.shared(), ack))
+                .map_err(|_| ListenerGone)?;
+        }
+        confirmed.await.map_err(|_| ListenerGone)
+    }
+
+    /// Counts one socket of `tenant` fewer on `channel`; the last one out queues an UNLISTEN.
+    pub fn unsubscribe(&self, tenant: &TenantId, channel: &ChannelName) {
+        let mut wanted = self.wanted();
+        let Some(tenants) = wanted.get_mut(channel.as_str()) else {
+            return;
+        };
+        if let Some(n) = tenants.get_mut(tenant) {
+            *n -= 1;
+            if *n == 0 {
+                tenants.remove(tenant);
+            }
+        }
+        if tenants.is_empty() {
+            wanted.remove(channel.as_str());
+            // The listener may already be gone at shutdown; then there is nothing to UNLISTEN.
+            let _ = self
+                .commands
+                .send(ListenCommand::Unlisten(channel.shared()));
+        }
+    }
+
+    /// Tenants with at least one socket on `channel`, for the pipeline.
+    pub fn tenants(&self, channel: &str) -> Vec<TenantId> {
+        self.wanted()
+            .get(channel)
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether anyone subscribes to `channel` right now.
+    pub fn is_wanted(&self, channel: &str) -> bool {
+        self.wanted().contains_key(channel)
+    }
+
+    /// Every channel with a subscriber, for the listener to LISTEN on after it (re)connects.
+    pub fn all_wanted(&self) -> Vec<Arc<str>> {
+        self.wanted().keys().cloned().collect()
+    }
+
+    /// Channels with subscribers and, per channel, tenant → sockets; for the admin API.
+    pub fn counts(&self) -> Vec<(String, Vec<(String, usize)>)> {
+        let mut out: Vec<_> = self
+            .wanted()
+            .iter()
+            .map(|(c, t)| {
+                let mut tenants: Vec<_> = t.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+                tenants.sort();
+                (c.to_string(), tenants)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Asks the listener connection for `pg_listening_channels()`.
+    pub async fn listening(&self) -> Result<Vec<String>, String> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(ListenCommand::Report(tx))
+            .map_err(|_| ListenerGone.to_string())?;
+        rx.await.map_err(|_| ListenerGone.to_string())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> ChannelName {
+        ChannelName::parse(s).expect(s)
+    }
+
+    #[test]
+    fn name_rule() {
+        for ok in [
+            "foo",
+            "orders_eu",
+            "a.b:c-d",
+            "_x",
+            "9lives",
+            &"x".repeat(63),
+        ] {
+            assert!(ChannelName::parse(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(ChannelName::parse(""), Err(ChannelError::Empty));
+        assert_eq!(ChannelName::parse("!!!"), Err(ChannelError::BadStart('!')));
+        assert_eq!(ChannelName::parse("a b"), Err(ChannelError::BadChar(' ')));
+        assert_eq!(ChannelName::parse("a\"b"), Err(ChannelError::BadChar('"')));
+        assert_eq!(ChannelName::parse("-x"), Err(ChannelError::BadStart('-')));
+        assert_eq!(
+            ChannelName::parse(&"x".repeat(64)),
+            Err(ChannelError::TooLong)
+        );
+    }
+
+    #[test]
+    fn glob_patterns() {
+        let p = |s: &str| ChannelPattern::parse(s).expect(s);
+        assert!(p("*").matches(&name("anything")));
+        assert!(p("orders").matches(&name("orders")));
+        assert!(!p("orders").matches(&name("orders2")));
+        assert!(p("orders_*").matches(&name("orders_eu")));
+        assert!(p("orders_*").matches(&name("orders_")));
+        assert!(!p("orders_*").matches(&name("order")));
+        assert!(p("eu.*.prices").matches(&name("eu.fr.prices")));
+        assert!(!p("eu.*.prices").matches(&name("eu.fr.volumes")));
+        assert!(p("a?c").matches(&name("abc")));
+        assert!(!p("a?c").matches(&name("ac")));
+        assert!(p("*a*a*a*b").matches(&name("aaaaaaaaaaaaaaaaaaaab")));
+        assert!(!p("*a*a*a*b").matches(&name("aaaaaaaaaaaaaaaaaaaaa")));
+        assert!(ChannelPattern::parse("a b").is_err());
+    }
+
+    #[tokio::test]
+    async fn counts_and_commands_follow_subscriptions() {
+        let (channels, mut rx) = Channels::new(&["pgwebsocket".into()], "inbound");
+        let channels = Arc::new(channels);
+        let (a, b) = (
+            TenantId::parse("a").expect("a"),
+            TenantId::parse("b").expect("b"),
+        );
+        let foo = name("foo");
+        let listener = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(cmd) = rx.recv().await {
+                match cmd {
+                    ListenCommand::Listen(c, ack) => {
+                        seen.push(format!("LISTEN {c}"));
+                        let _ = ack.send(());
+                    }
+                    ListenCommand::Unlisten(c) => seen.push(format!("UNLISTEN {c}")),
+                    ListenCommand::Report(_) => break,
+                }
+            }
+            seen
+        });
+        channels.subscribe(&a, &foo).await.expect("listen");
+        channels.subscribe(&b, &foo).await.expect("listen");
+        channels.subscribe(&a, &foo).await.expect("listen");
+        let mut tenants = channels.tenants("foo");
+        tenants.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+        assert_eq!(tenants, vec![a.clone(), b.clone()]);
+        channels.unsubscribe(&b, &foo);
+        assert_eq!(channels.tenants("foo"), vec![a.clone()]);
+        channels.unsubscribe(&a, &foo);
+        assert!(channels.is_wanted("foo"));
+        channels.unsubscribe(&a, &foo);
+        assert!(!channels.is_wanted("foo"));
+        assert!(channels.is_reserved(&name("pgwebsocket")));
+        assert!(channels.is_reserved(&name("inbound")));
+        assert!(channels.is_envelope("pgwebsocket") && !channels.is_envelope("inbound"));
+        let _ = channels.listening().await;
+        let seen = listener.await.expect("listener");
+        assert_eq!(
+            seen,
+            ["LISTEN foo", "LISTEN foo", "LISTEN foo", "UNLISTEN foo"]
+        );
+    }
+}

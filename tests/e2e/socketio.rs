@@ -1,0 +1,434 @@
+//! socket.io at `/socket.io/`: socketio_pg's events for real clients (socket.io-client 4.x and 2.x,
+//! python-socketio), with tokens, tenant isolation, guests and commit order.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::harness::guests::{guest_dir, rust_guest};
+use crate::harness::socketio::{node_tools, Kind, SioClient, KINDS};
+use crate::harness::{notify_on, spawn_app, PATIENCE};
+
+const SECRET: &str = "socket-io-test-secret";
+const QUIET: Duration = Duration::from_millis(500);
+
+fn token(claims: Value) -> String {
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    let mut claims = claims;
+    claims["exp"] = json!(exp);
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
+/// The auth a client presents: the `auth` payload for 4.x and Python, the query string for 2.x.
+fn auth(token: &str) -> Option<Value> {
+    Some(json!({ "token": token }))
+}
+
+fn base(server: &crate::harness::Server) -> String {
+    format!("http://{}", server.addr)
+}
+
+/// Everything socketio_pg's clients did, for each client library: hello, subscribe, NOTIFYs of every
+/// payload kind, test_pub and its echo, unsubscribe.
+#[tokio::test(flavor = "multi_thread")]
+async fn socketio_pg_events_for_every_client() -> anyhow::Result<()> {
+    let (server, sql) = spawn_app(&["--jwt-secret", SECRET]).await?;
+    let t = token(json!({"tenant": "a", "channels": ["news", "orders_*"], "mode": "rw"}));
+    for kind in KINDS {
+        let (mut c, hello) = SioClient::connected(kind, &base(&server), auth(&t)).await?;
+        assert_eq!(hello, json!({"client": "127.0.0.1"}), "{kind:?}");
+        c.subscribe("news").await?;
+
+        let payloads = [
+            (r#"{"a":1,"b":"x"}"#, json!({"a": 1, "b": "x"})),
+            ("42", json!(42)),
+            ("[1,2,3]", json!([1, 2, 3])),
+            ("hello there", json!("hello there")),
+            ("", json!("")),
+        ];
+        for (sent, seen) in &payloads {
+            notify_on(&sql, "news", sent).await?;
+            let event = c.expect("event").await?;
+            assert_eq!(
+                event,
+                json!({"channel": "news", "payload": seen}),
+                "{kind:?} {sent:?}"
+            );
+        }
+
+        c.emit(
+            "test_pub",
+            Some(json!({"channel": "news", "payload": {"from": format!("{kind:?}")}})),
+        )
+        .await?;
+        // `published` is sent once Postgres committed; the event may overtake it.
+        let mut got = [c.next().await?, c.next().await?];
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            got[0],
+            (
+                "event".into(),
+                json!({"channel": "news", "payload": {"from": format!("{kind:?}")}})
+            ),
+            "{kind:?}"
+        );
+        assert_eq!(
+            got[1],
+            ("published".into(), json!({"channel": "news"})),
+            "{kind:?}"
+        );
+
+        c.emit("unsubscribe", Some(json!({"channel": "news"})))
+            .await?;
+        assert_eq!(c.expect("unsubscribed").await?, json!({"channel": "news"}));
+        notify_on(&sql, "news", r#"{"after":"unsubscribe"}"#).await?;
+        c.expect_silence(QUIET).await?;
+        c.close().await?;
+    }
+
+    // Both transports on their own, with the old protocol: long-polling only, then WebSocket only.
+    for transport in ["polling", "websocket"] {
+        let mut c =
+            SioClient::start_with(Kind::Node2, &base(&server), auth(&t), Some(transport)).await?;
+        assert_eq!(c.expect("connect").await?, json!({"transport": transport}));
+        c.expect("server_hello").await?;
+        c.subscribe("orders_eu").await?;
+        notify_on(&sql, "orders_eu", r#"{"id":7}"#).await?;
+        assert_eq!(
+            c.expect("event").await?,
+            json!({"channel": "orders_eu", "payload": {"id": 7}})
+        );
+        c.close().await?;
+    }
+    Ok(())
+}
+
+/// Ten NOTIFYs of one transaction arrive in commit order, and a NOTIFY sent the moment `subscribed`
+/// arrives is delivered (socketio_pg paused delivery for a second after each LISTEN).
+#[tokio::test(flavor = "multi_thread")]
+async fn commit_order_and_no_pause_after_subscribe() -> anyhow::Result<()> {
+    let (server, sql) = spawn_app(&["--jwt-secret", SECRET]).await?;
+    let t = token(json!({"tenant": "a", "channels": ["*"]}));
+    for kind in KINDS {
+        let (mut c, _) = SioClient::connected(kind, &base(&server), auth(&t)).await?;
+        let fresh = format!("fresh_{kind:?}").to_lowercase();
+        c.subscribe(&fresh).await?;
+        notify_on(&sql, &fresh, r#"{"first":true}"#).await?;
+        let first = c.expect("event").await?;
+        assert_eq!(first["payload"], json!({"first": true}), "{kind:?}");
+
+        let batch = (0..10)
+            .map(|i| format!("NOTIFY {fresh}, '{{\"n\":{i}}}';"))
+            .collect::<String>();
+        sql.batch_execute(&format!("BEGIN; {batch} COMMIT;"))
+            .await?;
+        for i in 0..10 {
+            let e = c.expect("event").await?;
+            assert_eq!(e["payload"], json!({"n": i}), "{kind:?}: commit order");
+        }
+        c.close().await?;
+    }
+    Ok(())
+}
+
+/// Every bad request gets `error {message}` naming what was wrong, and a bystander keeps receiving.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_errors_and_disturb_no_one() -> anyhow::Result<()> {
+    let (server, sql) = spawn_app(&["--jwt-secret", SECRET]).await?;
+    let reader = token(json!({"tenant": "a", "channels": ["news", "weather"]}));
+    let (mut bystander, _) =
+        SioClient::connected(Kind::Node4, &base(&server), auth(&reader)).await?;
+    bystander.subscribe("news").await?;
+
+    for kind in KINDS {
+        let (mut c, _) = SioClient::connected(kind, &base(&server), auth(&reader)).await?;
+        let long = "x".repeat(64);
+        let cases: Vec<(&str, Option<Value>, &str)> = vec![
+            ("subscribe", Some(json!({})), "subscribe needs {\"channel\""),
+            ("subscribe", None, "subscribe needs {\"channel\""),
+            ("subscribe", Some(json!({"channel": 5})), "must be a string"),
+            (
+                "subscribe",
+                Some(json!({"channel": "!!!"})),
+                "invalid channel \"!!!\"",
+            ),
+            (
+                "subscribe",
+                Some(json!({"channel": "a b"})),
+                "invalid channel",
+            ),
+            (
+                "subscribe",
+                Some(json!({"channel": long})),
+                "longer than 63",
+            ),
+            (
+                "subscribe",
+                Some(json!({"channel": "secrets"})),
+                "not allowed by your token",
+            ),
+            (
+                "subscribe",
+                Some(json!({"channel": "pgwebsocket"})),
+                "reserved",
+            ),
+            ("unsubscribe", Some(json!({})), "unsubscribe needs"),
+            (
+                "test_pub",
+                Some(json!({"channel": "news", "payload": 1})),
+                "test_pub needs a token with \"mode\": \"rw\"",
+            ),
+            (
+                "no_such_event",
+                Some(json!({"x": 1})),
+                "unknown event \"no_such_event\"",
+            ),
+        ];
+        for (i, (event, data, message)) in cases.into_iter().enumerate() {
+            c.emit(event, data.clone()).await?;
+            let error = c.expect("error").await?;
+            let text = error["message"].as_str().unwrap_or_default();
+            assert!(
+                text.contains(message),
+                "{kind:?} {event} {data:?}: got {error}, wanted {message:?}"
+            );
+            // The bystander is undisturbed after every one.
+            let payload = json!({"kind": format!("{kind:?}"), "i": i});
+            notify_on(&sql, "news", &payload.to_string()).await?;
+            assert_eq!(bystander.expect("event").await?["payload"], payload);
+        }
+        // The connection still works after all that.
+        c.subscribe("weather").await?;
+        notify_on(&sql, "weather", r#""sunny""#).await?;
+        assert_eq!(c.expect("event").await?["payload"], json!("sunny"));
+        c.close().await?;
+    }
+
+    // A payload over Postgres' limit, from a client that may publish.
+    let writer = token(json!({"tenant": "a", "channels": ["news"], "mode": "rw"}));
+    let (mut w, _) = SioClient::connected(Kind::Python, &base(&server), auth(&writer)).await?;
+    let big = "y".repeat(8000);
+    w.emit("test_pub", Some(json!({"channel": "news", "payload": big})))
+        .await?;
+    let error = w.expect("error").await?;
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Postgres accepts at most 7999"),
+        "{error}"
+    );
+    bystander.expect_silence(QUIET).await?;
+    anyhow::ensure!(
+        server
+            .metric("pgws_socketio_errors_total", &[("event", "subscribe")])
+            .await?
+            >= 24.0,
+        "errors are counted"
+    );
+    Ok(())
+}
+
+/// Tokens decide who connects; refusals arrive as `connect_error` with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_need_a_valid_token() -> anyhow::Result<()> {
+    let (server, _sql) = spawn_app(&["--jwt-secret", SECRET]).await?;
+    let expired = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"tenant": "a", "exp": 1}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )?;
+    let forged = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"tenant": "a", "exp": jsonwebtoken::get_current_timestamp() + 60}),
+        &EncodingKey::from_secret(b"not the secret"),
+    )?;
+    for kind in KINDS {
+        for (auth, reason) in [
+            (None, "no token"),
+            (Some(json!({"token": expired})), "token expired"),
+            (Some(json!({"token": forged})), "bad signature"),
+        ] {
+            let mut c = SioClient::start(kind, &base(&server), auth).await?;
+            let (event, data) = c.next().await?;
+            // 4.x and Python report a refused namespace as connect_error, 2.x as error.
+            assert!(
+                matches!(event.as_str(), "connect_error" | "error"),
+                "{kind:?}: {event} {data}"
+            );
+            assert!(
+                data.to_string().contains(reason),
+                "{kind:?}: {data} should say {reason:?}"
+            );
+            c.close().await?;
+        }
+    }
+    Ok(())
+}
+
+/// A tenant never receives another tenant's channel; on a channel both may read, each gets its own
+/// guest's version, and a guest runs once per message per tenant, not per client.
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_never_cross_and_guests_run_once_per_tenant() -> anyhow::Result<()> {
+    let dir = guest_dir(&[("a", &rust_guest("reshaper"))]);
+    let dir = dir.display().to_string();
+    let (server, sql) = spawn_app(&["--jwt-secret", SECRET, "--guests", &dir]).await?;
+    let ta = token(json!({"tenant": "a", "channels": ["a_*", "shared"]}));
+    let tb = token(json!({"tenant": "b", "channels": ["b_*", "shared"]}));
+
+    let (mut a, _) = SioClient::connected(Kind::Node4, &base(&server), auth(&ta)).await?;
+    let (mut b, _) = SioClient::connected(Kind::Python, &base(&server), auth(&tb)).await?;
+    a.emit("subscribe", Some(json!({"channel": "b_private"})))
+        .await?;
+    assert!(a.expect("error").await?["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("not allowed"));
+    b.subscribe("b_private").await?;
+    notify_on(&sql, "b_private", r#"{"for":"b only"}"#).await?;
+    assert_eq!(
+        b.expect("event").await?["payload"],
+        json!({"for": "b only"})
+    );
+    a.expect_silence(QUIET).await?;
+
+    let mut more_a = Vec::new();
+    for kind in [Kind::Node2, Kind::Python] {
+        let (mut c, _) = SioClient::connected(kind, &base(&server), auth(&ta)).await?;
+        c.subscribe("shared").await?;
+        more_a.push(c);
+    }
+    a.subscribe("shared").await?;
+    b.subscribe("shared").await?;
+    let calls_before = server
+        .metric(
+            "pgws_guest_calls_total",
+            &[("tenant", "a"), ("outcome", "delivered")],
+        )
+        .await?;
+    notify_on(&sql, "shared", r#"{"usr":"ann","password":"p"}"#).await?;
+    let reshaped = json!({"channel": "shared", "payload": {"user": "ann", "tenant": "a"}});
+    assert_eq!(a.expect("event").await?, reshaped);
+    for c in &mut more_a {
+        assert_eq!(c.expect("event").await?, reshaped);
+    }
+    assert_eq!(
+        b.expect("event").await?,
+        json!({"channel": "shared", "payload": {"usr": "ann", "password": "p"}}),
+        "tenant b has no guest: the body is untouched"
+    );
+    let calls_after = server
+        .metric(
+            "pgws_guest_calls_total",
+            &[("tenant", "a"), ("outcome", "delivered")],
+        )
+        .await?;
+    assert_eq!(
+        calls_after - calls_before,
+        1.0,
+        "one guest call for three clients"
+    );
+    Ok(())
+}
+
+/// 1,000 clients over 20 channels subscribe and unsubscribe at random; at the end one Postgres
+/// connection holds exactly the channels that still have subscribers, and they receive.
+#[tokio::test(flavor = "multi_thread")]
+async fn thousand_clients_churn_with_one_listen_connection() -> anyhow::Result<()> {
+    let (server, sql) =
+        spawn_app(&["--jwt-secret", SECRET, "--admin-token", "admin-secret"]).await?;
+    let t = token(json!({"tenant": "churn", "channels": ["ch_*"], "mode": "rw"}));
+    let tools = tokio::task::spawn_blocking(node_tools).await?;
+    let mut churn = tokio::process::Command::new("node")
+        .arg(tools.join("churn.mjs"))
+        .args([&base(&server), &t, "1000", "20", "8"])
+        .current_dir(&tools)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = churn.stdout.take().context("stdout")?;
+    let line = tokio::time::timeout(PATIENCE * 12, BufReader::new(stdout).lines().next_line())
+        .await
+        .context("churn.mjs reported nothing")??
+        .context("churn.mjs exited without a result")?;
+    let result: Value = serde_json::from_str(&line)?;
+    let subscribed: Vec<String> = serde_json::from_value(result["subscribed"].clone())?;
+    assert!(
+        !subscribed.is_empty() && subscribed.len() < 20,
+        "a mix: {subscribed:?}"
+    );
+    let mut expected = subscribed.clone();
+    expected.push("pgwebsocket".into());
+    expected.sort();
+
+    let report = admin_channels(&server).await?;
+    let listening: Vec<String> = serde_json::from_value(report["listening"].clone())?;
+    assert_eq!(
+        listening, expected,
+        "pg_listening_channels() on the listener"
+    );
+    let backends = sql
+        .query_one(
+            "select count(*) from pg_stat_activity where application_name = 'pgws-listener' \
+             and datname = current_database()",
+            &[],
+        )
+        .await?
+        .get::<_, i64>(0);
+    assert_eq!(backends, 1, "one LISTEN connection");
+    assert_eq!(
+        result["delivered_ok"],
+        json!(true),
+        "every client got its channels' events and none other: {result}"
+    );
+
+    // Everyone leaves: the last one out of each channel UNLISTENs it.
+    drop(churn.stdin.take());
+    tokio::time::timeout(PATIENCE, churn.wait()).await??;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let listening = admin_channels(&server).await?["listening"].clone();
+        if listening == json!(["pgwebsocket"]) {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "still listening after every client left: {listening}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+async fn admin_channels(server: &crate::harness::Server) -> anyhow::Result<Value> {
+    let (status, body) = crate::harness::http::get(
+        server.addr,
+        "/admin/channels",
+        &[("authorization", "Bearer admin-secret")],
+    )
+    .await?;
+    anyhow::ensure!(status == 200, "admin/channels: {status} {body}");
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// The socketio_pg test page and the 2.x client it loads are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn socket_test_page_is_served() -> anyhow::Result<()> {
+    let (server, _sql) = spawn_app(&["--jwt-secret", SECRET]).await?;
+    let (status, page) = server.get("/socket-test").await?;
+    assert_eq!(status, 200);
+    assert!(page.contains("/static/socket.io.js") && page.contains("\"subscribe\""));
+    let (status, js) = server.get("/static/socket.io.js").await?;
+    assert_eq!(status, 200);
+    assert!(js.contains("Socket.IO v2.5.0"));
+    Ok(())
+}
