@@ -1,5 +1,6 @@
-//! The demo page in real headless Chromium (Debian's `chromium`, driven by playwright-core): it
-//! connects, shows a NOTIFY sent from SQL, publishes a message back, and shows a guest's rejection.
+//! The demo pages in real headless Chromium (Debian's `chromium`, driven by playwright-core): `/`
+//! connects, shows a NOTIFY sent from SQL, publishes a message back, and shows a guest's rejection;
+//! `/socket-test` does socketio_pg's round with the bundled socket.io 2.x client.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -42,11 +43,7 @@ async fn demo_page_in_headless_chromium() -> anyhow::Result<()> {
     let dir = guest_dir(&[("demo", &rust_guest("moderator"))]);
     let (server, sql) = spawn_with_guests(&dir, &[]).await?;
     let (_listener, mut seen) = listen(server.database_url(), "pgwebsocket").await?;
-    let base = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| repo().join("target"));
-    let shot = base.join("test-artifacts/demo-page.png");
-    std::fs::create_dir_all(shot.parent().expect("parent"))?;
+    let shot = artifacts().join("demo-page.png");
     let _ = std::fs::remove_file(&shot);
 
     let mut node = tokio::process::Command::new("node")
@@ -94,4 +91,68 @@ async fn demo_page_in_headless_chromium() -> anyhow::Result<()> {
         "the rejected message never reached Postgres"
     );
     Ok(())
+}
+
+/// `/socket-test`, socketio_pg's page, in Chromium with the socket.io 2.x client pgws serves: it
+/// connects with a token, subscribes, shows a NOTIFY from SQL, publishes with `test_pub` (Postgres sees
+/// it on the channel) and shows the refusal of a channel the token does not grant.
+#[tokio::test(flavor = "multi_thread")]
+async fn socket_test_page_in_headless_chromium() -> anyhow::Result<()> {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let tools = tokio::task::spawn_blocking(browser_tools).await?;
+    let (server, sql) = crate::harness::spawn_app(&["--jwt-secret", "page-secret"]).await?;
+    let token = encode(
+        &Header::new(Algorithm::HS256),
+        &serde_json::json!({
+            "tenant": "web", "channels": ["foo"], "mode": "rw",
+            "exp": jsonwebtoken::get_current_timestamp() + 600,
+        }),
+        &EncodingKey::from_secret(b"page-secret"),
+    )?;
+    let (_listener, mut seen) = listen(server.database_url(), "foo").await?;
+    let shot = artifacts().join("socket-test-page.png");
+    let _ = std::fs::remove_file(&shot);
+
+    let mut node = tokio::process::Command::new("node")
+        .arg(tools.join("socket-test.mjs"))
+        .arg(format!("http://{}/socket-test", server.addr))
+        .arg(&token)
+        .arg(&shot)
+        .current_dir(&tools)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stdin = node.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+
+    assert_eq!(step(&mut lines).await?, "SUBSCRIBED");
+    crate::harness::notify_on(&sql, "foo", r#"{"text":"from-sql"}"#).await?;
+    stdin.write_all(b"go\n").await?;
+    assert_eq!(step(&mut lines).await?, "SAW_NOTIFY");
+    assert_eq!(step(&mut lines).await?, "PUBLISHED");
+    let mut payloads = Vec::new();
+    while let Ok(Some((_, p))) = tokio::time::timeout(Duration::from_millis(300), seen.recv()).await
+    {
+        payloads.push(p);
+    }
+    assert_eq!(
+        payloads,
+        [r#"{"text":"from-sql"}"#, r#"{"text":"from-browser"}"#]
+    );
+    assert_eq!(step(&mut lines).await?, "REFUSED");
+    assert_eq!(step(&mut lines).await?, "SCREENSHOT");
+    assert!(node.wait().await?.success());
+    eprintln!("socket-test page screenshot: {}", shot.display());
+    Ok(())
+}
+
+/// Where screenshots are kept: `$CARGO_TARGET_DIR/test-artifacts`.
+fn artifacts() -> std::path::PathBuf {
+    let base = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"));
+    let dir = base.join("test-artifacts");
+    let _ = std::fs::create_dir_all(&dir);
+    dir
 }

@@ -432,3 +432,89 @@ async fn socket_test_page_is_served() -> anyhow::Result<()> {
     assert!(js.contains("Socket.IO v2.5.0"));
     Ok(())
 }
+
+/// The listener connection is killed: it reconnects, LISTENs on the subscribed channels again, and the
+/// socket.io clients, which stayed connected, receive again.
+#[tokio::test(flavor = "multi_thread")]
+async fn subscriptions_survive_a_listener_reconnect() -> anyhow::Result<()> {
+    let (server, sql) = spawn_app(&[
+        "--jwt-secret",
+        SECRET,
+        "--reconnect-min-ms",
+        "50",
+        "--reconnect-max-ms",
+        "500",
+    ])
+    .await?;
+    let t = token(json!({"tenant": "a", "channels": ["alerts"]}));
+    let (mut c, _) = SioClient::connected(Kind::Python, &base(&server), auth(&t)).await?;
+    c.subscribe("alerts").await?;
+    for round in 0..2 {
+        let killed = sql
+            .query_one(
+                "select count(pg_terminate_backend(pid)) from pg_stat_activity \
+                 where application_name = 'pgws-listener' and datname = current_database()",
+                &[],
+            )
+            .await?
+            .get::<_, i64>(0);
+        assert_eq!(killed, 1);
+        // NOTIFYs sent before the listener is back are lost (Postgres' design); keep sending until
+        // one gets through, then expect nothing but events.
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            notify_on(&sql, "alerts", &json!({"round": round}).to_string()).await?;
+            if let Ok(Ok((name, data))) =
+                tokio::time::timeout(Duration::from_millis(200), c.next()).await
+            {
+                assert_eq!(name, "event");
+                assert_eq!(data["payload"], json!({"round": round}));
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "no event after reconnect"
+            );
+        }
+        while let Ok(Ok((name, _))) = tokio::time::timeout(QUIET, c.next()).await {
+            assert_eq!(name, "event");
+        }
+    }
+    Ok(())
+}
+
+/// socketio_pg's clients, unchanged (no token, socket.io 2.x): with `--socketio-anonymous-tenant`
+/// they connect as that tenant, subscribe to any unreserved channel and, with `--socketio-test-pub`,
+/// publish.
+#[tokio::test(flavor = "multi_thread")]
+async fn socketio_pg_clients_unchanged_with_the_anonymous_tenant() -> anyhow::Result<()> {
+    let (server, sql) = spawn_app(&[
+        "--socketio-anonymous-tenant",
+        "legacy",
+        "--socketio-test-pub",
+    ])
+    .await?;
+    let (mut c, _) = SioClient::connected(Kind::Node2, &base(&server), None).await?;
+    c.subscribe("foo").await?;
+    notify_on(&sql, "foo", r#"{"event_name":"x","params":{"a":1}}"#).await?;
+    assert_eq!(
+        c.expect("event").await?,
+        json!({"channel": "foo", "payload": {"event_name": "x", "params": {"a": 1}}})
+    );
+    c.emit("test_pub", Some(json!({"channel": "foo"}))).await?;
+    let mut got = [c.next().await?, c.next().await?];
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got[0].1,
+        json!({"channel": "foo", "payload": {}}),
+        "no payload → {{}}"
+    );
+    assert_eq!(got[1].0, "published");
+    c.emit("subscribe", Some(json!({"channel": "pgwebsocket"})))
+        .await?;
+    assert!(c.expect("error").await?["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("reserved"));
+    Ok(())
+}
