@@ -26,11 +26,11 @@ use std::time::Duration;
 use axum::extract::ConnectInfo;
 use futures_util::FutureExt as _;
 use serde_json::Value;
-use socketioxide::extract::{Event, Extension, SocketRef, TryData};
+use socketioxide::extract::{Event, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler as _;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::SocketIo;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, Authenticator, Identity};
@@ -119,16 +119,29 @@ pub fn layer(queue_len: usize) -> (SocketIoLayer, Rooms) {
 
 /// Serves the default namespace: authentication as a connect middleware, then the events.
 pub fn attach(rooms: &Rooms, ctx: Arc<SocketIoContext>) {
-    let check = ctx.clone();
-    let authenticate = move |s: SocketRef, auth: TryData<Value>| {
-        let ctx = check.clone();
-        async move { authenticate(&ctx, &s, auth.0.ok()).await }
-    };
-    let connected = move |s: SocketRef, Extension(identity): Extension<Identity>| {
+    // The event handlers are registered by the middleware, before socketioxide acknowledges the
+    // connection: it handles the client's next packets on another task, and a client may send
+    // `subscribe` the moment it sees the acknowledgement.
+    let admit = move |s: SocketRef, auth: TryData<Value>| {
         let ctx = ctx.clone();
-        async move { on_connect(ctx, s, identity) }
+        async move {
+            let identity = authenticate(&ctx, &s, auth.0.ok()).await?;
+            serve(ctx, &s, identity);
+            Ok::<(), Refused>(())
+        }
     };
-    rooms.io.ns("/", connected.with(authenticate));
+    // Called once the acknowledgement is queued, so the hello follows it and precedes any answer.
+    let hello = |s: SocketRef| {
+        let client = s
+            .req_parts()
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_default();
+        let _ = s.emit("server_hello", &serde_json::json!({ "client": client }));
+        std::future::ready(())
+    };
+    rooms.io.ns("/", hello.with(admit));
 }
 
 /// A connection refused: the reason goes to logs and metrics, the message to the client's
@@ -153,12 +166,12 @@ fn query_param<'a>(s: &'a SocketRef, name: &str) -> Option<&'a str> {
 }
 
 /// Finds and verifies the client's token (or applies the development rules) and asks the tenant
-/// guest's authorize hook; stores the [`Identity`] on the socket.
+/// guest's authorize hook.
 async fn authenticate(
     ctx: &SocketIoContext,
     s: &SocketRef,
     auth: Option<Value>,
-) -> Result<(), Refused> {
+) -> Result<Identity, Refused> {
     if ctx.shutdown.is_cancelled() {
         return Err(refuse("shutting_down", "server is shutting down".into()));
     }
@@ -218,31 +231,39 @@ async fn authenticate(
     if let Authorization::Deny(reason) = verdict {
         return Err(refuse("guest_denied", format!("denied: {reason}")));
     }
-    s.extensions.insert(identity);
-    Ok(())
+    Ok(identity)
 }
 
 /// One connected socket's state.
 struct Member {
     identity: Identity,
-    /// Channels this socket subscribed to. Held across the LISTEN wait, so one socket's subscribe
-    /// and unsubscribe apply in the order they complete.
+    /// Channels this socket subscribed to; only its request task changes them while it lives.
     subscribed: Mutex<HashSet<ChannelName>>,
-    /// Cancelled when the socket goes; ends the expiry timer.
+    /// Cancelled when the socket goes; ends the request task and the expiry timer.
     gone: CancellationToken,
     /// The `test_pub` rate limit.
     published: std::sync::Mutex<RateLimit>,
 }
 
-fn on_connect(ctx: Arc<SocketIoContext>, s: SocketRef, identity: Identity) {
+/// A client request, queued in arrival order.
+enum Request {
+    Subscribe(Option<Value>),
+    Unsubscribe(Option<Value>),
+    TestPub(Option<Value>),
+}
+
+/// Requests one socket may have waiting; past this a request is refused with `error`.
+const MAX_PENDING_REQUESTS: usize = 64;
+
+/// Registers the event handlers of an admitted socket and starts its request task.
+///
+/// socketioxide runs each event handler as its own task, so two requests of one client could finish
+/// in either order. Here the handlers only queue the request (synchronously, in arrival order) and
+/// one task per socket answers them one after another: `subscribe` then `test_pub` sent without
+/// waiting still subscribe first.
+fn serve(ctx: Arc<SocketIoContext>, s: &SocketRef, identity: Identity) {
     metrics::counter!(m::SOCKETIO_CONNECTIONS).increment(1);
-    let client = s
-        .req_parts()
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_default();
-    tracing::debug!(tenant = %identity.tenant, %client, protocol = ?s.protocol(), "socket.io client connected");
+    tracing::debug!(tenant = %identity.tenant, protocol = ?s.protocol(), "socket.io client admitted");
     let member = Arc::new(Member {
         subscribed: Mutex::new(HashSet::new()),
         gone: CancellationToken::new(),
@@ -263,55 +284,40 @@ fn on_connect(ctx: Arc<SocketIoContext>, s: SocketRef, identity: Identity) {
         });
     }
 
-    let _ = s.emit("server_hello", &serde_json::json!({ "client": client }));
-
-    let (c, m) = (ctx.clone(), member.clone());
-    s.on(
-        "subscribe",
-        move |s: SocketRef, TryData(data): TryData<Value>| {
-            let (ctx, member) = (c.clone(), m.clone());
-            async move {
-                match subscribe(&ctx, &member, &s, data.ok()).await {
-                    Ok(channel) => {
-                        emit(&s, "subscribed", &serde_json::json!({ "channel": channel }))
-                    }
-                    Err(e) => fail(&s, "subscribe", e),
-                }
+    let (queue, mut requests) = mpsc::channel::<Request>(MAX_PENDING_REQUESTS);
+    let (c, m, socket) = (ctx.clone(), member.clone(), s.clone());
+    tokio::spawn(async move {
+        loop {
+            let request = tokio::select! {
+                _ = m.gone.cancelled() => break,
+                r = requests.recv() => match r {
+                    Some(r) => r,
+                    None => break,
+                },
+            };
+            answer(&c, &m, &socket, request).await;
+        }
+    });
+    for (event, make) in [
+        (
+            "subscribe",
+            Request::Subscribe as fn(Option<Value>) -> Request,
+        ),
+        ("unsubscribe", Request::Unsubscribe),
+        ("test_pub", Request::TestPub),
+    ] {
+        let queue = queue.clone();
+        s.on(event, move |s: SocketRef, TryData(data): TryData<Value>| {
+            if queue.try_send(make(data.ok())).is_err() {
+                fail(
+                    &s,
+                    "overloaded",
+                    format!("{event} refused: more than {MAX_PENDING_REQUESTS} requests waiting"),
+                );
             }
-        },
-    );
-    let (c, m) = (ctx.clone(), member.clone());
-    s.on(
-        "unsubscribe",
-        move |s: SocketRef, TryData(data): TryData<Value>| {
-            let (ctx, member) = (c.clone(), m.clone());
-            async move {
-                match unsubscribe(&ctx, &member, &s, data.ok()).await {
-                    Ok(channel) => emit(
-                        &s,
-                        "unsubscribed",
-                        &serde_json::json!({ "channel": channel }),
-                    ),
-                    Err(e) => fail(&s, "unsubscribe", e),
-                }
-            }
-        },
-    );
-    let (c, m) = (ctx.clone(), member.clone());
-    s.on(
-        "test_pub",
-        move |s: SocketRef, TryData(data): TryData<Value>| {
-            let (ctx, member) = (c.clone(), m.clone());
-            async move {
-                match test_pub(&ctx, &member, data.ok()).await {
-                    Ok(channel) => {
-                        emit(&s, "published", &serde_json::json!({ "channel": channel }))
-                    }
-                    Err(e) => fail(&s, "test_pub", e),
-                }
-            }
-        },
-    );
+            std::future::ready(())
+        });
+    }
     // socketio_pg's page sends `client_hello` on connect; it needs no answer.
     s.on("client_hello", async || {});
     s.on_fallback(async |s: SocketRef, Event(event): Event| {
@@ -323,9 +329,8 @@ fn on_connect(ctx: Arc<SocketIoContext>, s: SocketRef, identity: Identity) {
             ),
         );
     });
-    let (c, m) = (ctx, member);
     s.on_disconnect(move |s: SocketRef| {
-        let (ctx, member) = (c.clone(), m.clone());
+        let (ctx, member) = (ctx.clone(), member.clone());
         async move {
             member.gone.cancel();
             let subscribed = std::mem::take(&mut *member.subscribed.lock().await);
@@ -336,6 +341,27 @@ fn on_connect(ctx: Arc<SocketIoContext>, s: SocketRef, identity: Identity) {
             metrics::counter!(m::SOCKETIO_DISCONNECTIONS).increment(1);
         }
     });
+}
+
+/// Answers one request: the acknowledgement event, or `error`.
+async fn answer(ctx: &SocketIoContext, member: &Member, s: &SocketRef, request: Request) {
+    let (event, result, ack) = match request {
+        Request::Subscribe(data) => (
+            "subscribe",
+            subscribe(ctx, member, s, data).await,
+            "subscribed",
+        ),
+        Request::Unsubscribe(data) => (
+            "unsubscribe",
+            unsubscribe(ctx, member, s, data).await,
+            "unsubscribed",
+        ),
+        Request::TestPub(data) => ("test_pub", test_pub(ctx, member, data).await, "published"),
+    };
+    match result {
+        Ok(channel) => emit(s, ack, &serde_json::json!({ "channel": channel })),
+        Err(e) => fail(s, event, e),
+    }
 }
 
 fn message(text: &str) -> Value {

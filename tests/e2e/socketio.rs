@@ -518,3 +518,47 @@ async fn socketio_pg_clients_unchanged_with_the_anonymous_tenant() -> anyhow::Re
         .contains("reserved"));
     Ok(())
 }
+
+/// Requests sent back to back, without waiting for answers, are handled in the order sent: a
+/// `test_pub` right behind its `subscribe` comes back as an event, and `subscribe`/`unsubscribe`
+/// pairs leave the client unsubscribed.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_of_one_client_are_answered_in_order() -> anyhow::Result<()> {
+    let (server, sql) = spawn_app(&["--jwt-secret", SECRET]).await?;
+    let t = token(json!({"tenant": "a", "channels": ["*"], "mode": "rw"}));
+    for kind in KINDS {
+        let (mut c, _) = SioClient::connected(kind, &base(&server), auth(&t)).await?;
+        c.emit("subscribe", Some(json!({"channel": "burst"})))
+            .await?;
+        c.emit("test_pub", Some(json!({"channel": "burst", "payload": 1})))
+            .await?;
+        assert_eq!(c.expect("subscribed").await?, json!({"channel": "burst"}));
+        let mut next_two = [c.next().await?.0, c.next().await?.0];
+        next_two.sort();
+        assert_eq!(
+            next_two,
+            ["event", "published"],
+            "{kind:?}: the test_pub came back"
+        );
+
+        for _ in 0..5 {
+            c.emit("unsubscribe", Some(json!({"channel": "burst"})))
+                .await?;
+            c.emit("subscribe", Some(json!({"channel": "burst"})))
+                .await?;
+        }
+        c.emit("unsubscribe", Some(json!({"channel": "burst"})))
+            .await?;
+        let mut acks = Vec::new();
+        while acks.len() < 11 {
+            acks.push(c.next().await?.0);
+        }
+        let mut want = ["unsubscribed", "subscribed"].repeat(5);
+        want.push("unsubscribed");
+        assert_eq!(acks, want, "{kind:?}");
+        notify_on(&sql, "burst", "2").await?;
+        c.expect_silence(QUIET).await?;
+        c.close().await?;
+    }
+    Ok(())
+}

@@ -6,8 +6,12 @@
 //! loadgen --ws ws://127.0.0.1:8080/ws --database-url 'host=… dbname=…' --server-pid <pid> \
 //!         --clients 1000 --tenants 10 --rate 100 --seconds 10
 //! loadgen … --rate 0 --seconds 30        # idle: only connect and measure memory per connection
+//! loadgen --protocol socketio --ws ws://127.0.0.1:8080 … # socket.io clients on one channel
 //! ```
 //! The server must accept `?tenant=` (`--insecure-tenant-param`); frames may be raw or pgws-shaped.
+//! With `--protocol socketio` the clients speak socket.io v5 over WebSocket to `/socket.io/`, subscribe
+//! to `--channel`, and the NOTIFYs carry bare JSON on that channel; the server must admit them
+//! without a token (`--socketio-anonymous-tenant`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +67,15 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// What the clients speak: pgws WebSocket at `--ws`, or socket.io at `<--ws>/socket.io/`.
+    #[arg(long, value_enum, default_value_t = Protocol::Ws)]
+    protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Protocol {
+    Ws,
+    Socketio,
 }
 
 /// CPU time (ticks) and RSS (KiB) of a process.
@@ -87,12 +100,55 @@ fn now_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// The send time inside a frame: `{"ts":…}` (raw) or `{"payload":{"ts":…}}` (pgws).
+/// The send time inside a frame: `{"ts":…}` (raw), `{"payload":{"ts":…}}` (pgws) or socket.io's
+/// `42["event",{"channel":…,"payload":{"ts":…}}]`.
 fn sent_at(text: &str) -> Option<u64> {
+    if let Some(packet) = text.strip_prefix("42") {
+        let v: serde_json::Value = serde_json::from_str(packet).ok()?;
+        return v.get(1)?.get("payload")?.get("ts")?.as_u64();
+    }
     let v: serde_json::Value = serde_json::from_str(text).ok()?;
     v.get("ts")
         .or_else(|| v.get("payload")?.get("ts"))
         .and_then(|t| t.as_u64())
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// The next text frame, or an error naming what was awaited.
+async fn next_text(ws: &mut Ws, what: &str) -> anyhow::Result<String> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return Ok(t.to_string()),
+            Ok(Some(Ok(_))) => continue,
+            _ => anyhow::bail!("no {what}"),
+        }
+    }
+}
+
+/// socket.io v5 over WebSocket: Engine.IO open, namespace connect, `subscribe` to `channel`.
+async fn socketio_handshake(ws: &mut Ws, channel: &str) -> anyhow::Result<()> {
+    use futures_util::SinkExt;
+    let open = next_text(ws, "engine.io open").await?;
+    anyhow::ensure!(open.starts_with('0'), "expected an open packet, got {open}");
+    ws.send(Message::Text("40".into())).await?;
+    loop {
+        let t = next_text(ws, "namespace connect").await?;
+        if t.starts_with("40") {
+            break;
+        }
+        anyhow::ensure!(!t.starts_with("44"), "connection refused: {t}");
+    }
+    let subscribe = serde_json::json!(["subscribe", {"channel": channel}]);
+    ws.send(Message::Text(format!("42{subscribe}").into()))
+        .await?;
+    loop {
+        let t = next_text(ws, "subscribed").await?;
+        if t.starts_with("42[\"subscribed\"") {
+            return Ok(());
+        }
+        anyhow::ensure!(!t.starts_with("42[\"error\""), "subscribe refused: {t}");
+    }
 }
 
 struct Totals {
@@ -100,11 +156,14 @@ struct Totals {
     latency: Mutex<Histogram<u64>>,
 }
 
-async fn open_client(
-    args: &Args,
-    i: usize,
-) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
-    let url = format!("{}?tenant=t{}", args.ws, i % args.tenants);
+async fn open_client(args: &Args, i: usize) -> anyhow::Result<Ws> {
+    let url = match args.protocol {
+        Protocol::Ws => format!("{}?tenant=t{}", args.ws, i % args.tenants),
+        Protocol::Socketio => format!(
+            "{}/socket.io/?EIO=4&transport=websocket",
+            args.ws.trim_end_matches('/')
+        ),
+    };
     let host: SocketAddr = url
         .trim_start_matches("ws://")
         .split('/')
@@ -123,7 +182,11 @@ async fn open_client(
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+    if args.protocol == Protocol::Socketio {
+        socketio_handshake(&mut ws, &args.channel).await?;
+    }
     Ok(ws)
 }
 
@@ -156,7 +219,7 @@ async fn main() -> anyhow::Result<()> {
         let totals = totals.clone();
         let mut stop = stop_rx.clone();
         readers.push(tokio::spawn(async move {
-            let (_write, mut read) = ws.split();
+            let (mut write, mut read) = ws.split();
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
             let mut count = 0u64;
             loop {
@@ -166,6 +229,12 @@ async fn main() -> anyhow::Result<()> {
                 };
                 let Some(Ok(msg)) = msg else { break };
                 if let Message::Text(t) = msg {
+                    // Engine.IO ping: answer, or the server drops the client.
+                    if t.as_str() == "2" {
+                        use futures_util::SinkExt;
+                        let _ = write.send(Message::Text("3".into())).await;
+                        continue;
+                    }
                     if let Some(ts) = sent_at(&t) {
                         let _ = local.record(now_micros().saturating_sub(ts).max(1));
                         count += 1;
@@ -189,7 +258,8 @@ async fn main() -> anyhow::Result<()> {
             let args = args.clone();
             let sent = sent.clone();
             producers.push(tokio::spawn(async move {
-                let (client, conn) = tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await?;
+                let (client, conn) =
+                    tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await?;
                 tokio::spawn(conn);
                 let per_producer = (args.rate as f64 / args.producers.max(1) as f64).max(0.001);
                 let txn_every = Duration::from_secs_f64(args.batch as f64 / per_producer);
@@ -202,11 +272,17 @@ async fn main() -> anyhow::Result<()> {
                     let mut sql = String::from("begin;");
                     for _ in 0..args.batch {
                         n += 1;
-                        let tenant = (n * args.producers + p) % args.tenants as u64;
+                        let body = format!("{{\"ts\":{},\"p\":{p},\"n\":{n}}}", now_micros());
+                        let payload = match args.protocol {
+                            Protocol::Ws => {
+                                let tenant = (n * args.producers + p) % args.tenants as u64;
+                                format!("t{tenant},{body}")
+                            }
+                            Protocol::Socketio => body,
+                        };
                         sql.push_str(&format!(
-                            "select pg_notify('{}', 't{tenant},{{\"ts\":{},\"p\":{p},\"n\":{n}}}');",
-                            args.channel,
-                            now_micros()
+                            "select pg_notify('{}', '{payload}');",
+                            args.channel
                         ));
                     }
                     sql.push_str("commit;");
@@ -227,7 +303,10 @@ async fn main() -> anyhow::Result<()> {
     // Let the last deliveries land, then count.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let sent = sent.load(Ordering::Relaxed);
-    let per_tenant_clients = args.clients as f64 / args.tenants as f64;
+    let per_tenant_clients = match args.protocol {
+        Protocol::Ws => args.clients as f64 / args.tenants as f64,
+        Protocol::Socketio => args.clients as f64,
+    };
     let expected = (sent as f64 * per_tenant_clients).round() as u64;
     let _ = stop_tx.send(true);
     for r in readers {
