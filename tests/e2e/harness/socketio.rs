@@ -20,7 +20,7 @@ pub enum Kind {
     Node4,
     /// socket.io-client 2.x (protocol v4, Engine.IO 3), what socketio_pg bundled.
     Node2,
-    /// python-socketio 5.
+    /// python-socketio 5 (its asyncio client, which keeps message order).
     Python,
 }
 
