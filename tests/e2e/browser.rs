@@ -21,8 +21,11 @@ async fn step(
     Ok(line)
 }
 
-/// The browser tests' node_modules, installed once from the lock file.
+/// The browser tests' node_modules, installed once from the lock file (one test at a time: two
+/// `npm ci` in one directory break each other).
 fn browser_tools() -> std::path::PathBuf {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = repo().join("tests/browser");
     if !dir.join("node_modules/playwright-core").exists() {
         let status = std::process::Command::new("npm")
