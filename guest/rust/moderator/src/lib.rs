@@ -43,7 +43,10 @@ impl Authorizer for Moderator {
     fn authorize(c: Connection) -> Authorization {
         let claims: Value = serde_json::from_str(&c.claims).unwrap_or(Value::Null);
         if claims.get("banned") == Some(&Value::Bool(true)) {
-            Authorization::Deny(format!("{} is banned", claims["sub"].as_str().unwrap_or("user")))
+            Authorization::Deny(format!(
+                "{} is banned",
+                claims["sub"].as_str().unwrap_or("user")
+            ))
         } else {
             Authorization::Allow
         }
