@@ -164,7 +164,10 @@ impl Session {
                     Some(Ok(Message::Pong(_))) => answered = true,
                     Some(Ok(Message::Text(text))) if protocol == Protocol::V1 => {
                         answered = true;
-                        let reply = state.handle(&text, &identity, &registration, &ctx).await;
+                        // Boxed: the publish path (guest call, database round trip) is a large
+                        // future, and inlined it would make every idle session's task that large.
+                        let reply =
+                            Box::pin(state.handle(&text, &identity, &registration, &ctx)).await;
                         if ws.send(Message::Text(reply.into())).await.is_err() {
                             break Ending::ClientError;
                         }

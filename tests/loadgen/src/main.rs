@@ -67,6 +67,10 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// The server's `/metrics` address (`127.0.0.1:8080`): reports how many NOTIFYs the server
+    /// counted as received during the run (`pgws_notifications_received_total`).
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
     /// What the clients speak: pgws WebSocket at `--ws`, or socket.io at `<--ws>/socket.io/`.
     #[arg(long, value_enum, default_value_t = Protocol::Ws)]
     protocol: Protocol,
@@ -76,6 +80,72 @@ struct Args {
 enum Protocol {
     Ws,
     Socketio,
+}
+
+/// Sends paced NOTIFY transactions from `--producers` connections for `--seconds`.
+async fn produce(args: Args, sent: Arc<AtomicU64>) -> anyhow::Result<()> {
+    let mut producers = Vec::new();
+    for p in 0..args.producers.max(1) {
+        let args = args.clone();
+        let sent = sent.clone();
+        producers.push(tokio::spawn(async move {
+            let (client, conn) =
+                tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            let per_producer = (args.rate as f64 / args.producers.max(1) as f64).max(0.001);
+            let txn_every = Duration::from_secs_f64(args.batch as f64 / per_producer);
+            let mut tick = tokio::time::interval(txn_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let end = Instant::now() + Duration::from_secs(args.seconds);
+            let mut n = 0u64;
+            while Instant::now() < end {
+                tick.tick().await;
+                let mut sql = String::from("begin;");
+                for _ in 0..args.batch {
+                    n += 1;
+                    let body = format!("{{\"ts\":{},\"p\":{p},\"n\":{n}}}", now_micros());
+                    let payload = match args.protocol {
+                        Protocol::Ws => {
+                            let tenant = (n * args.producers + p) % args.tenants as u64;
+                            format!("t{tenant},{body}")
+                        }
+                        Protocol::Socketio => body,
+                    };
+                    sql.push_str(&format!(
+                        "select pg_notify('{}', '{payload}');",
+                        args.channel
+                    ));
+                }
+                sql.push_str("commit;");
+                client.batch_execute(&sql).await?;
+                sent.fetch_add(args.batch, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for p in producers {
+        p.await??;
+    }
+    Ok(())
+}
+
+/// A counter's value from the server's Prometheus `/metrics`, summed over its labels.
+async fn scrape(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
 }
 
 /// CPU time (ticks) and RSS (KiB) of a process.
@@ -100,17 +170,14 @@ fn now_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// The send time inside a frame: `{"ts":…}` (raw), `{"payload":{"ts":…}}` (pgws) or socket.io's
-/// `42["event",{"channel":…,"payload":{"ts":…}}]`.
+/// The send time inside a frame: the number after the first `"ts":` — in `{"ts":…}` (raw),
+/// `{"payload":{"ts":…}}` (pgws) or socket.io's `42["event",{"channel":…,"payload":{"ts":…}}]`. Found
+/// by a byte search rather than a JSON parse: at a million frames a second the generator's own CPU
+/// is what limits the measurement.
 fn sent_at(text: &str) -> Option<u64> {
-    if let Some(packet) = text.strip_prefix("42") {
-        let v: serde_json::Value = serde_json::from_str(packet).ok()?;
-        return v.get(1)?.get("payload")?.get("ts")?.as_u64();
-    }
-    let v: serde_json::Value = serde_json::from_str(text).ok()?;
-    v.get("ts")
-        .or_else(|| v.get("payload")?.get("ts"))
-        .and_then(|t| t.as_u64())
+    let at = text.find("\"ts\":")? + 5;
+    let digits = text[at..].bytes().take_while(u8::is_ascii_digit).count();
+    text[at..at + digits].parse().ok()
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -248,53 +315,59 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
 
+    // Watch Postgres' NOTIFY queue while producing: above 0 means the server's LISTEN connection is
+    // not keeping up and Postgres is holding notifications for it.
+    let received_before = match args.metrics_addr {
+        Some(addr) => Some(scrape(addr, "pgws_notifications_received_total").await?),
+        None => None,
+    };
+    let queue_peak = Arc::new(Mutex::new(0f64));
+    let queue_watch = {
+        let (client, conn) =
+            tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let peak = queue_peak.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tick.tick() => {}
+                }
+                if let Ok(row) = client
+                    .query_one("select pg_notification_queue_usage()", &[])
+                    .await
+                {
+                    let usage: f64 = row.get(0);
+                    if let Ok(mut p) = peak.lock() {
+                        *p = p.max(usage);
+                    }
+                }
+            }
+        })
+    };
+
     // Produce.
     let sent = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let cpu_before = args.server_pid.and_then(proc_stats);
     if args.rate > 0 {
-        let mut producers = Vec::new();
-        for p in 0..args.producers.max(1) {
-            let args = args.clone();
-            let sent = sent.clone();
-            producers.push(tokio::spawn(async move {
-                let (client, conn) =
-                    tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await?;
-                tokio::spawn(conn);
-                let per_producer = (args.rate as f64 / args.producers.max(1) as f64).max(0.001);
-                let txn_every = Duration::from_secs_f64(args.batch as f64 / per_producer);
-                let mut tick = tokio::time::interval(txn_every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                let end = Instant::now() + Duration::from_secs(args.seconds);
-                let mut n = 0u64;
-                while Instant::now() < end {
-                    tick.tick().await;
-                    let mut sql = String::from("begin;");
-                    for _ in 0..args.batch {
-                        n += 1;
-                        let body = format!("{{\"ts\":{},\"p\":{p},\"n\":{n}}}", now_micros());
-                        let payload = match args.protocol {
-                            Protocol::Ws => {
-                                let tenant = (n * args.producers + p) % args.tenants as u64;
-                                format!("t{tenant},{body}")
-                            }
-                            Protocol::Socketio => body,
-                        };
-                        sql.push_str(&format!(
-                            "select pg_notify('{}', '{payload}');",
-                            args.channel
-                        ));
-                    }
-                    sql.push_str("commit;");
-                    client.batch_execute(&sql).await?;
-                    sent.fetch_add(args.batch, Ordering::Relaxed);
-                }
-                Ok::<_, anyhow::Error>(())
-            }));
-        }
-        for p in producers {
-            p.await??;
-        }
+        // The producers get a runtime (and OS thread) of their own: on the shared runtime, ten
+        // thousand busy readers delay their ticks and the rate sags below what was asked.
+        let producer_args = args.clone();
+        let producer_sent = sent.clone();
+        let producing = std::thread::Builder::new()
+            .name("producers".into())
+            .spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(produce(producer_args, producer_sent))
+            })?;
+        tokio::task::spawn_blocking(move || producing.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
     } else {
         tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     }
@@ -308,10 +381,18 @@ async fn main() -> anyhow::Result<()> {
         Protocol::Socketio => args.clients as f64,
     };
     let expected = (sent as f64 * per_tenant_clients).round() as u64;
+    let received = match (args.metrics_addr, received_before) {
+        (Some(addr), Some(before)) => {
+            Some(scrape(addr, "pgws_notifications_received_total").await? - before)
+        }
+        _ => None,
+    };
     let _ = stop_tx.send(true);
     for r in readers {
         let _ = r.await;
     }
+    let _ = queue_watch.await;
+    let queue_peak = queue_peak.lock().map(|p| *p).unwrap_or_default();
     let delivered = totals.delivered.load(Ordering::Relaxed);
     let h = totals
         .latency
@@ -340,6 +421,9 @@ async fn main() -> anyhow::Result<()> {
         "seconds": send_time.as_secs_f64(),
         "connect_seconds": connect_time.as_secs_f64(),
         "notifies_sent": sent,
+        "notifies_per_sec": sent as f64 / send_time.as_secs_f64(),
+        "server_received": received,
+        "notify_queue_usage_peak": queue_peak,
         "deliveries": delivered,
         "expected_deliveries": expected,
         "lost": expected.saturating_sub(delivered),
@@ -366,7 +450,19 @@ async fn main() -> anyhow::Result<()> {
             "NOTIFY rate", args.rate, args.batch
         );
         println!("{:<30} {:.1} s", "sending", send_time.as_secs_f64());
-        println!("{:<30} {}", "NOTIFYs sent", sent);
+        println!(
+            "{:<30} {} ({:.0}/s)",
+            "NOTIFYs sent",
+            sent,
+            sent as f64 / send_time.as_secs_f64()
+        );
+        if let Some(r) = received {
+            println!("{:<30} {:.0}", "NOTIFYs the server received", r);
+        }
+        println!(
+            "{:<30} {:.6}",
+            "peak pg_notification_queue_usage()", queue_peak
+        );
         println!(
             "{:<30} {} of {} ({} lost)",
             "deliveries",

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Runs one named scenario of BENCHMARKS.md and prints its figures: builds the release binaries, starts
+# a private PostgreSQL (unless DATABASE_URL is set), starts pgws the way the scenario needs it, runs the
+# load generator against it, and stops everything it started.
+#
+#   tests/loadgen/scenario.sh <scenario> [--json]
+#   tests/loadgen/scenario.sh list
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+usage() {
+  cat <<'EOF'
+scenarios (targets in BENCHMARKS.md):
+  idle-10k        10,000 idle connections on one server: RSS per connection
+  idle-50k        50,000 idle connections over 3 pgws processes on one port
+  idle-100k       100,000 idle connections over 6 pgws processes, held 10 minutes
+  fanout          10,000 subscribers x 100 NOTIFY/s through a passthrough guest
+  latency-small   100 subscribers x 1,000 NOTIFY/s
+  latency-mid     1,000 subscribers x 100 NOTIFY/s
+  latency-large   10,000 subscribers x 10 NOTIFY/s
+  ingest-single   single-NOTIFY commits as fast as 8 connections can (40,000/s asked), no clients
+  ingest-batched  250,000 NOTIFY/s in 100-NOTIFY transactions, no clients
+  socketio-100    100 socket.io clients x 1,000 NOTIFY/s
+  socketio-500    500 socket.io clients x 1,000 NOTIFY/s
+EOF
+}
+
+scenario=${1:-}
+shift || true
+case "$scenario" in
+  "" | -h | --help | list) usage; exit 0 ;;
+esac
+extra=("$@")
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+bin="$CARGO_TARGET_DIR/release"
+cargo build --quiet --release -p pgws -p pgws-loadgen
+ulimit -n 20000
+
+pids=()
+pgdir=""
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ -n "$pgdir" ]; then
+    as_pg "$pgbin/pg_ctl" -D "$pgdir/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$pgdir"
+  fi
+}
+trap cleanup EXIT
+
+# initdb refuses to run as root: run PostgreSQL as the `postgres` user then.
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+if [ -z "${DATABASE_URL:-}" ]; then
+  pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [ -x "$pgbin/initdb" ] || { echo "no PostgreSQL server binaries; apt install postgresql or set DATABASE_URL" >&2; exit 1; }
+  pgdir=$(mktemp -d /tmp/pgws-scenario-XXXXXX)
+  chmod 755 "$pgdir"
+  [ "$(id -u)" = 0 ] && chown postgres "$pgdir"
+  as_pg "$pgbin/initdb" -D "$pgdir/data" -U postgres -A trust >/dev/null
+  port=$((20000 + RANDOM % 10000))
+  # Durability off: the scenarios measure pgws, not the disk.
+  as_pg "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" -w \
+    -o "-p $port -k $pgdir -c listen_addresses='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+    start >/dev/null
+  export DATABASE_URL="host=$pgdir port=$port user=postgres dbname=postgres"
+fi
+
+port=${PORT:-18080}
+server() {
+  PGWS_LOG=warn "$bin/pgws" --listen "127.0.0.1:$port" "$@" >/dev/null 2>&1 &
+  pids+=($!)
+  server_pid=$!
+  for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "pgws did not become ready" >&2
+  exit 1
+}
+
+ws() {
+  server --insecure-tenant-param --frame raw "${server_args[@]}"
+  "$bin/loadgen" --ws "ws://127.0.0.1:$port/ws" --server-pid "$server_pid" \
+    --metrics-addr "127.0.0.1:$port" "$@" "${extra[@]}"
+}
+
+sio() {
+  server --socketio-anonymous-tenant bench
+  "$bin/loadgen" --protocol socketio --ws "ws://127.0.0.1:$port" --channel bench \
+    --server-pid "$server_pid" --metrics-addr "127.0.0.1:$port" --producers 2 "$@" "${extra[@]}"
+}
+
+server_args=()
+case "$scenario" in
+  idle-10k)       ws --clients 10000 --tenants 100 --rate 0 --seconds 3 --source-addrs 8 ;;
+  idle-50k)       PORT=$port tests/loadgen/idle.sh 50000 3 20 ;;
+  idle-100k)      PORT=$port tests/loadgen/idle.sh 100000 6 600 ;;
+  fanout)
+    guests=$(mktemp -d /tmp/pgws-scenario-guests-XXXXXX)
+    guest/rust/build.sh "$guests/built" >/dev/null
+    cp "$guests/built/passthrough.wasm" "$guests/_default.wasm"
+    server_args=(--guests "$guests")
+    ws --clients 10000 --tenants 1 --rate 100 --seconds 10 --source-addrs 8 ;;
+  latency-small)  ws --clients 100 --tenants 1 --rate 1000 --seconds 10 ;;
+  latency-mid)    ws --clients 1000 --tenants 1 --rate 100 --seconds 10 ;;
+  latency-large)  ws --clients 10000 --tenants 1 --rate 10 --seconds 10 --source-addrs 8 ;;
+  ingest-single)  ws --clients 0 --rate 40000 --producers 8 --seconds 10 ;;
+  ingest-batched) ws --clients 0 --rate 250000 --batch 100 --producers 4 --seconds 10 ;;
+  socketio-100)   sio --clients 100 --rate 1000 --seconds 10 ;;
+  socketio-500)   sio --clients 500 --rate 1000 --seconds 10 ;;
+  *) echo "unknown scenario: $scenario" >&2; usage >&2; exit 2 ;;
+esac
