@@ -562,3 +562,48 @@ async fn requests_of_one_client_are_answered_in_order() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `test_pub` goes through the tenant guest's client-message hook before Postgres sees it: the
+/// moderator stamps what it accepts and refuses spam, which never reaches Postgres.
+#[tokio::test(flavor = "multi_thread")]
+async fn test_pub_passes_the_tenant_guest() -> anyhow::Result<()> {
+    let dir = guest_dir(&[("mod", &rust_guest("moderator"))]);
+    let dir = dir.display().to_string();
+    let (server, _sql) = spawn_app(&["--jwt-secret", SECRET, "--guests", &dir]).await?;
+    let (_listener, mut seen) = crate::harness::listen(server.database_url(), "talk").await?;
+    let t = token(json!({"tenant": "mod", "channels": ["talk"], "mode": "rw"}));
+    let (mut c, _) = SioClient::connected(Kind::Node4, &base(&server), auth(&t)).await?;
+    c.subscribe("talk").await?;
+
+    c.emit(
+        "test_pub",
+        Some(json!({"channel": "talk", "payload": {"text": "hi"}})),
+    )
+    .await?;
+    let mut got = [c.next().await?, c.next().await?];
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got[0].1,
+        json!({"channel": "talk", "payload": {"text": "hi", "moderated": true}})
+    );
+    let (_, payload) = tokio::time::timeout(PATIENCE, seen.recv())
+        .await?
+        .context("Postgres saw the NOTIFY")?;
+    assert_eq!(payload, r#"{"text":"hi","moderated":true}"#);
+
+    c.emit(
+        "test_pub",
+        Some(json!({"channel": "talk", "payload": {"text": "buy spam"}})),
+    )
+    .await?;
+    let error = c.expect("error").await?;
+    assert_eq!(
+        error,
+        json!({"message": "test_pub rejected: spam is not welcome here"})
+    );
+    assert!(
+        tokio::time::timeout(QUIET, seen.recv()).await.is_err(),
+        "the refused message never reached Postgres"
+    );
+    Ok(())
+}
