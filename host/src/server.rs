@@ -221,8 +221,12 @@ pub async fn run(
     .await;
 
     // Sessions saw the same cancellation and are sending 1001; give them a bounded time to finish.
+    // socket.io clients get a disconnect packet (and release their channels) the same way.
     sessions.close();
     let bound = Duration::from_secs(config.shutdown_secs);
+    if tokio::time::timeout(bound, rooms.close()).await.is_err() {
+        tracing::warn!("socket.io clients still open after {bound:?}");
+    }
     if tokio::time::timeout(bound, sessions.wait()).await.is_err() {
         tracing::warn!(
             remaining = sessions.len(),

@@ -82,6 +82,12 @@ impl Rooms {
             }
         }
     }
+
+    /// Disconnects every socket.io client (server shutdown); their disconnect handlers release their
+    /// channels.
+    pub async fn close(&self) {
+        self.io.close().await;
+    }
 }
 
 /// The room of one tenant's subscribers to one channel. Tenant names cannot contain `:`, so the

@@ -607,3 +607,23 @@ async fn test_pub_passes_the_tenant_guest() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// SIGTERM: socket.io clients see their connection close (a transport close, so clients with
+/// reconnection on come back to another server or the restarted one) and the server exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_disconnects_socketio_clients() -> anyhow::Result<()> {
+    let (mut server, _sql) = spawn_app(&["--jwt-secret", SECRET]).await?;
+    let t = token(json!({"tenant": "a", "channels": ["x"]}));
+    let mut clients = Vec::new();
+    for kind in KINDS {
+        let (mut c, _) = SioClient::connected(kind, &base(&server), auth(&t)).await?;
+        c.subscribe("x").await?;
+        clients.push(c);
+    }
+    server.terminate()?;
+    for c in &mut clients {
+        c.expect("disconnect").await?;
+    }
+    assert_eq!(server.wait_exit(PATIENCE).await?, Some(0));
+    Ok(())
+}
