@@ -1,5 +1,7 @@
 //! The `pgws` binary: parse the configuration, set up logs and metrics, serve until a signal.
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::Context;
 use pgws::config::{Config, ConfigError, LogFormat};
 use tokio_util::sync::CancellationToken;
@@ -14,8 +16,9 @@ async fn main() -> anyhow::Result<()> {
     init_logs(config.log_format);
     config.validate().map_err(anyhow::Error::msg)?;
 
-    // No database given: a private development PostgreSQL, stopped when pgws returns.
-    let mut embedded = None;
+    // No database given: a private development PostgreSQL, stopped when pgws returns (or on a
+    // second signal, which does not wait for anything else).
+    let embedded: Embedded = Arc::default();
     if config.database_url.is_none() {
         let pg = tokio::task::spawn_blocking(pgws::embedded::EmbeddedPostgres::start).await??;
         tracing::warn!(
@@ -24,7 +27,7 @@ async fn main() -> anyhow::Result<()> {
             pg.url()
         );
         config.database_url = Some(pg.url());
-        embedded = Some(pg);
+        *lock(&embedded) = Some(pg);
     }
 
     let metrics = pgws::metrics::install().context("installing the metrics recorder")?;
@@ -32,12 +35,27 @@ async fn main() -> anyhow::Result<()> {
         pgws::server::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone()));
+    tokio::spawn(watch_signals(shutdown.clone(), embedded.clone()));
     let served = pgws::server::run(config, tcp, Some(metrics), shutdown).await;
-    if let Some(mut pg) = embedded {
-        tokio::task::spawn_blocking(move || pg.stop()).await?;
-    }
+    tokio::task::spawn_blocking(move || stop_embedded(&embedded)).await?;
     served
+}
+
+/// The embedded PostgreSQL, if one was started; shared with the signal watcher.
+type Embedded = Arc<Mutex<Option<pgws::embedded::EmbeddedPostgres>>>;
+
+fn lock(
+    embedded: &Embedded,
+) -> std::sync::MutexGuard<'_, Option<pgws::embedded::EmbeddedPostgres>> {
+    embedded
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn stop_embedded(embedded: &Embedded) {
+    if let Some(mut pg) = lock(embedded).take() {
+        pg.stop();
+    }
 }
 
 fn init_logs(format: LogFormat) {
@@ -52,8 +70,9 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-/// First SIGTERM or SIGINT: graceful shutdown. A second one: exit at once.
-async fn watch_signals(shutdown: CancellationToken) {
+/// First SIGTERM or SIGINT: graceful shutdown. A second one: stop the embedded PostgreSQL, if any,
+/// and exit at once.
+async fn watch_signals(shutdown: CancellationToken, embedded: Embedded) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -73,5 +92,6 @@ async fn watch_signals(shutdown: CancellationToken) {
         _ = int.recv() => {}
     }
     tracing::warn!("second signal: exiting now");
+    let _ = tokio::task::spawn_blocking(move || stop_embedded(&embedded)).await;
     std::process::exit(130);
 }
