@@ -38,39 +38,60 @@ fn browser_tools() -> std::path::PathBuf {
     dir
 }
 
+/// A page script of tests/browser started in Node: its stdin (to let it go on) and its step lines.
+struct PageScript {
+    node: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl PageScript {
+    async fn start(script: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<PageScript> {
+        let tools = tokio::task::spawn_blocking(browser_tools).await?;
+        let mut node = tokio::process::Command::new("node")
+            .arg(tools.join(script))
+            .args(args)
+            .current_dir(&tools)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdin = node.stdin.take().expect("stdin");
+        let lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+        Ok(PageScript { node, stdin, lines })
+    }
+
+    async fn step(&mut self) -> anyhow::Result<String> {
+        step(&mut self.lines).await
+    }
+
+    async fn go_on(&mut self) -> anyhow::Result<()> {
+        Ok(self.stdin.write_all(b"go\n").await?)
+    }
+}
+
 /// Page connects, shows a NOTIFY from SQL, publishes back (Postgres sees it with the tenant set by the
 /// server), shows the guest's rejection; a screenshot is kept as a test artifact.
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_page_in_headless_chromium() -> anyhow::Result<()> {
-    let tools = tokio::task::spawn_blocking(browser_tools).await?;
     let dir = guest_dir(&[("demo", &rust_guest("moderator"))]);
     let (server, sql) = spawn_with_guests(&dir, &[]).await?;
     let (_listener, mut seen) = listen(server.database_url(), "pgwebsocket").await?;
     let shot = artifacts().join("demo-page.png");
     let _ = std::fs::remove_file(&shot);
+    let url = format!("http://{}/", server.addr);
+    let mut page = PageScript::start("demo.mjs", &[url.as_ref(), shot.as_ref()]).await?;
 
-    let mut node = tokio::process::Command::new("node")
-        .arg(tools.join("demo.mjs"))
-        .arg(format!("http://{}/", server.addr))
-        .arg(&shot)
-        .current_dir(&tools)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut stdin = node.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
-
-    assert_eq!(step(&mut lines).await?, "CONNECTED");
+    assert_eq!(page.step().await?, "CONNECTED");
     notify(&sql, r#"demo,{"text":"from-sql"}"#).await?;
-    stdin.write_all(b"go\n").await?;
-    assert_eq!(step(&mut lines).await?, "SAW_NOTIFY");
+    page.go_on().await?;
+    assert_eq!(page.step().await?, "SAW_NOTIFY");
     // Our own NOTIFY, then the page's publish, with the tenant set by the server and the guest's stamp.
     let (_, first) = tokio::time::timeout(PATIENCE, seen.recv())
         .await?
         .expect("notification");
     assert_eq!(first, r#"demo,{"text":"from-sql"}"#);
-    assert_eq!(step(&mut lines).await?, "PUBLISHED");
+    assert_eq!(page.step().await?, "PUBLISHED");
     let (_, published) = tokio::time::timeout(PATIENCE, seen.recv())
         .await?
         .expect("notification");
@@ -78,9 +99,9 @@ async fn demo_page_in_headless_chromium() -> anyhow::Result<()> {
         published,
         r#"demo/chat,{"text":"from-browser","moderated":true}"#
     );
-    assert_eq!(step(&mut lines).await?, "REJECTED");
-    assert_eq!(step(&mut lines).await?, "SCREENSHOT");
-    assert!(node.wait().await?.success());
+    assert_eq!(page.step().await?, "REJECTED");
+    assert_eq!(page.step().await?, "SCREENSHOT");
+    assert!(page.node.wait().await?.success());
     assert!(
         std::fs::metadata(&shot)?.len() > 1000,
         "screenshot saved at {}",
@@ -102,7 +123,6 @@ async fn demo_page_in_headless_chromium() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn socket_test_page_in_headless_chromium() -> anyhow::Result<()> {
     use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-    let tools = tokio::task::spawn_blocking(browser_tools).await?;
     let (server, sql) = crate::harness::spawn_app(&["--jwt-secret", "page-secret"]).await?;
     let token = encode(
         &Header::new(Algorithm::HS256),
@@ -115,25 +135,15 @@ async fn socket_test_page_in_headless_chromium() -> anyhow::Result<()> {
     let (_listener, mut seen) = listen(server.database_url(), "foo").await?;
     let shot = artifacts().join("socket-test-page.png");
     let _ = std::fs::remove_file(&shot);
+    let url = format!("http://{}/socket-test", server.addr);
+    let args: [&std::ffi::OsStr; 3] = [url.as_ref(), token.as_ref(), shot.as_ref()];
+    let mut page = PageScript::start("socket-test.mjs", &args).await?;
 
-    let mut node = tokio::process::Command::new("node")
-        .arg(tools.join("socket-test.mjs"))
-        .arg(format!("http://{}/socket-test", server.addr))
-        .arg(&token)
-        .arg(&shot)
-        .current_dir(&tools)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut stdin = node.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
-
-    assert_eq!(step(&mut lines).await?, "SUBSCRIBED");
+    assert_eq!(page.step().await?, "SUBSCRIBED");
     crate::harness::notify_on(&sql, "foo", r#"{"text":"from-sql"}"#).await?;
-    stdin.write_all(b"go\n").await?;
-    assert_eq!(step(&mut lines).await?, "SAW_NOTIFY");
-    assert_eq!(step(&mut lines).await?, "PUBLISHED");
+    page.go_on().await?;
+    assert_eq!(page.step().await?, "SAW_NOTIFY");
+    assert_eq!(page.step().await?, "PUBLISHED");
     let mut payloads = Vec::new();
     while let Ok(Some((_, p))) = tokio::time::timeout(Duration::from_millis(300), seen.recv()).await
     {
@@ -143,9 +153,9 @@ async fn socket_test_page_in_headless_chromium() -> anyhow::Result<()> {
         payloads,
         [r#"{"text":"from-sql"}"#, r#"{"text":"from-browser"}"#]
     );
-    assert_eq!(step(&mut lines).await?, "REFUSED");
-    assert_eq!(step(&mut lines).await?, "SCREENSHOT");
-    assert!(node.wait().await?.success());
+    assert_eq!(page.step().await?, "REFUSED");
+    assert_eq!(page.step().await?, "SCREENSHOT");
+    assert!(page.node.wait().await?.success());
     eprintln!("socket-test page screenshot: {}", shot.display());
     Ok(())
 }

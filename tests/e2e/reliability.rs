@@ -127,14 +127,7 @@ async fn survives_terminated_listener_backend() -> anyhow::Result<()> {
     let mut client = Client::connect(&server.ws_url("?tenant=acme")).await?;
     let sql = connect(&url).await?;
     for round in 0..3 {
-        let killed = sql
-            .query_one(
-                "select count(pg_terminate_backend(pid)) from pg_stat_activity \
-                 where application_name = 'pgws-listener' and datname = current_database()",
-                &[],
-            )
-            .await?
-            .get::<_, i64>(0);
+        let killed = crate::harness::kill_listener_backend(&sql).await?;
         assert_eq!(killed, 1, "exactly one listener connection");
         until_flowing(&url, &mut client, &format!("kill{round}")).await?;
     }

@@ -450,14 +450,7 @@ async fn subscriptions_survive_a_listener_reconnect() -> anyhow::Result<()> {
     let (mut c, _) = SioClient::connected(Kind::Python, &base(&server), auth(&t)).await?;
     c.subscribe("alerts").await?;
     for round in 0..2 {
-        let killed = sql
-            .query_one(
-                "select count(pg_terminate_backend(pid)) from pg_stat_activity \
-                 where application_name = 'pgws-listener' and datname = current_database()",
-                &[],
-            )
-            .await?
-            .get::<_, i64>(0);
+        let killed = crate::harness::kill_listener_backend(&sql).await?;
         assert_eq!(killed, 1);
         // NOTIFYs sent before the listener is back are lost (Postgres' design); keep sending until
         // one gets through, then expect nothing but events.

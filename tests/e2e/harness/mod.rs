@@ -182,6 +182,19 @@ pub async fn listen(
     Ok((client, rx))
 }
 
+/// `pg_terminate_backend` on the server's LISTEN connection in this database; returns how many
+/// backends were terminated (one, unless the listener is down).
+pub async fn kill_listener_backend(sql: &tokio_postgres::Client) -> anyhow::Result<i64> {
+    Ok(sql
+        .query_one(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity \
+             where application_name = 'pgws-listener' and datname = current_database()",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
 /// `select pg_notify('pgwebsocket', <payload>)` in its own transaction.
 pub async fn notify(sql: &tokio_postgres::Client, payload: &str) -> anyhow::Result<()> {
     notify_on(sql, "pgwebsocket", payload).await
