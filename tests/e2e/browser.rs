@@ -21,21 +21,9 @@ async fn step(
     Ok(line)
 }
 
-/// The browser tests' node_modules, installed once from the lock file (one test at a time: two
-/// `npm ci` in one directory break each other).
+/// The browser tests' node_modules.
 fn browser_tools() -> std::path::PathBuf {
-    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = repo().join("tests/browser");
-    if !dir.join("node_modules/playwright-core").exists() {
-        let status = std::process::Command::new("npm")
-            .args(["ci", "--silent", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm runs");
-        assert!(status.success(), "npm ci in tests/browser failed");
-    }
-    dir
+    crate::harness::node_modules("browser", "playwright-core")
 }
 
 /// A page script of tests/browser started in Node: its stdin (to let it go on) and its step lines.

@@ -48,6 +48,24 @@ pub async fn spawn_with_guests(
     spawn_app(&args).await
 }
 
+/// `tests/<folder>` with its node_modules installed from its lock file (once; `marker` is a package
+/// whose presence means installed). One install at a time: two `npm ci` in one folder break each
+/// other.
+pub fn node_modules(folder: &str, marker: &str) -> std::path::PathBuf {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = languages::repo().join("tests").join(folder);
+    if !dir.join("node_modules").join(marker).exists() {
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--silent", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm runs");
+        assert!(status.success(), "npm ci in tests/{folder} failed");
+    }
+    dir
+}
+
 /// A real WebSocket client.
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,

@@ -10,7 +10,6 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
-use super::languages::repo;
 use super::PATIENCE;
 
 /// Which client library.
@@ -26,20 +25,9 @@ pub enum Kind {
 
 pub const KINDS: [Kind; 3] = [Kind::Node4, Kind::Node2, Kind::Python];
 
-/// The Node clients' node_modules, installed once from the lock file.
+/// The Node clients' node_modules.
 pub fn node_tools() -> std::path::PathBuf {
-    let dir = repo().join("tests/socketio");
-    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    if !dir.join("node_modules/socket.io-client-v2").exists() {
-        let status = std::process::Command::new("npm")
-            .args(["ci", "--silent", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm runs");
-        assert!(status.success(), "npm ci in tests/socketio failed");
-    }
-    dir
+    super::node_modules("socketio", "socket.io-client-v2")
 }
 
 pub struct SioClient {
