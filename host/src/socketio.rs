@@ -295,6 +295,7 @@ fn serve(ctx: Arc<SocketIoContext>, s: &SocketRef, identity: Identity) {
     tokio::spawn(async move {
         loop {
             let request = tokio::select! {
+                biased;
                 _ = m.gone.cancelled() => break,
                 r = requests.recv() => match r {
                     Some(r) => r,
@@ -421,6 +422,11 @@ async fn subscribe(
     let identity = &member.identity;
     let channel = requested_channel(ctx, identity, "subscribe", data.as_ref())?;
     let mut subscribed = member.subscribed.lock().await;
+    // The disconnect handler cancels `gone` before it takes this lock to release every channel; a
+    // subscribe that gets the lock after it must not count a channel no one will release.
+    if member.gone.is_cancelled() {
+        return Err("disconnected".into());
+    }
     if subscribed.contains(&channel) {
         return Ok(channel.to_string());
     }

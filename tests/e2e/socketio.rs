@@ -620,3 +620,37 @@ async fn shutdown_disconnects_socketio_clients() -> anyhow::Result<()> {
     assert_eq!(server.wait_exit(PATIENCE).await?, Some(0));
     Ok(())
 }
+
+/// Clients that leave while their `subscribe` is still in flight leave nothing behind: no count, no
+/// LISTEN.
+#[tokio::test(flavor = "multi_thread")]
+async fn leaving_mid_subscribe_leaks_no_listen() -> anyhow::Result<()> {
+    let (server, _sql) =
+        spawn_app(&["--jwt-secret", SECRET, "--admin-token", "admin-secret"]).await?;
+    let t = token(json!({"tenant": "a", "channels": ["*"]}));
+    let mut leaving = Vec::new();
+    for i in 0..12 {
+        let kind = KINDS[i % KINDS.len()];
+        let (mut c, _) = SioClient::connected(kind, &base(&server), auth(&t)).await?;
+        c.emit(
+            "subscribe",
+            Some(json!({"channel": format!("gone_{}", i % 3)})),
+        )
+        .await?;
+        leaving.push(c);
+    }
+    futures_util::future::try_join_all(leaving.into_iter().map(SioClient::close)).await?;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let report = admin_channels(&server).await?;
+        if report["listening"] == json!(["pgwebsocket"]) && report["subscribed"] == json!({}) {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "left behind after every client left: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
