@@ -217,6 +217,13 @@ async fn authenticate(
         }
         (None, _) => match &ctx.anonymous_tenant {
             Some(tenant) => Identity::insecure(tenant.clone()),
+            None if ctx.insecure_tenant_param => {
+                return Err(refuse(
+                    "missing_tenant",
+                    "no token and no tenant: connect with auth {token}, auth {tenant} or ?tenant=<name>"
+                        .into(),
+                ))
+            }
             None => {
                 return Err(refuse(
                     AuthError::Missing.reason(),

@@ -654,3 +654,25 @@ async fn leaving_mid_subscribe_leaks_no_listen() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Development mode (`--insecure-tenant-param`): the tenant comes from the auth payload or
+/// `?tenant=`, with every channel; without one the connection is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn development_tenant_from_auth_or_query() -> anyhow::Result<()> {
+    let (server, sql) = spawn_app(&["--insecure-tenant-param"]).await?;
+    let (mut by_auth, _) =
+        SioClient::connected(Kind::Node4, &base(&server), Some(json!({"tenant": "dev"}))).await?;
+    let (mut by_query, _) =
+        SioClient::connected(Kind::Node2, &format!("{}?tenant=dev", base(&server)), None).await?;
+    by_auth.subscribe("anything").await?;
+    by_query.subscribe("anything").await?;
+    notify_on(&sql, "anything", "1").await?;
+    assert_eq!(by_auth.expect("event").await?["payload"], json!(1));
+    assert_eq!(by_query.expect("event").await?["payload"], json!(1));
+
+    let mut nobody = SioClient::start(Kind::Python, &base(&server), None).await?;
+    let (event, data) = nobody.next().await?;
+    assert_eq!(event, "connect_error");
+    assert!(data.to_string().contains("no tenant"), "{data}");
+    Ok(())
+}
