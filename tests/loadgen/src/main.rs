@@ -100,8 +100,7 @@ async fn produce(args: Args, sent: Arc<AtomicU64>) -> anyhow::Result<()> {
             let mut n = 0u64;
             while Instant::now() < end {
                 tick.tick().await;
-                let mut sql = String::from("begin;");
-                for _ in 0..args.batch {
+                let sql = if args.batch == 1 {
                     n += 1;
                     let body = format!("{{\"ts\":{},\"p\":{p},\"n\":{n}}}", now_micros());
                     let payload = match args.protocol {
@@ -111,12 +110,27 @@ async fn produce(args: Args, sent: Arc<AtomicU64>) -> anyhow::Result<()> {
                         }
                         Protocol::Socketio => body,
                     };
-                    sql.push_str(&format!(
-                        "select pg_notify('{}', '{payload}');",
-                        args.channel
-                    ));
-                }
-                sql.push_str("commit;");
+                    format!("select pg_notify('{}', '{payload}')", args.channel)
+                } else {
+                    // One statement makes the whole batch inside Postgres: building and parsing a
+                    // hundred statements a transaction was what limited the generator. Every payload
+                    // differs (`n`), so Postgres does not fold any of them together.
+                    let first = n + 1;
+                    n += args.batch;
+                    let address = match args.protocol {
+                        Protocol::Ws => format!(
+                            "'t' || ((g * {} + {p}) % {}) || ','",
+                            args.producers, args.tenants
+                        ),
+                        Protocol::Socketio => "''".into(),
+                    };
+                    format!(
+                        "select pg_notify('{}', {address} || '{{\"ts\":{},\"p\":{p},\"n\":' || g || '}}') \
+                         from generate_series({first}::bigint, {n}::bigint) g",
+                        args.channel,
+                        now_micros()
+                    )
+                };
                 client.batch_execute(&sql).await?;
                 sent.fetch_add(args.batch, Ordering::Relaxed);
             }
