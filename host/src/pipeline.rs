@@ -290,6 +290,9 @@ struct TenantSlot {
 /// One tenant's guest as seen by its worker: the module, a warm instance, and its failure record.
 struct GuestSlot {
     module: Arc<GuestModule>,
+    /// `pgws_guest_calls_total{tenant, outcome}` for delivered, dropped, rejected: looked up once
+    /// rather than with a new label string per message.
+    outcomes: [metrics::Counter; 3],
     /// `None` after a failure that leaves the instance unusable; rebuilt on the next call.
     instance: Option<GuestInstance>,
     failures: u32,
@@ -303,8 +306,14 @@ struct Failed {
 }
 
 impl GuestSlot {
-    fn new(module: Arc<GuestModule>) -> Self {
+    fn new(module: Arc<GuestModule>, tenant: &TenantId) -> Self {
+        let outcome = |label: &'static str| metrics::counter!(m::GUEST_CALLS, "tenant" => tenant.to_string(), "outcome" => label);
         GuestSlot {
+            outcomes: [
+                outcome("delivered"),
+                outcome("dropped"),
+                outcome("rejected"),
+            ],
             module,
             instance: None,
             failures: 0,
@@ -413,7 +422,7 @@ impl Worker {
                 None
             }
             (Some(module), Some(g)) if Arc::ptr_eq(&g.module, &module) => Some(g),
-            (Some(module), g) => Some(g.insert(GuestSlot::new(module))),
+            (Some(module), g) => Some(g.insert(GuestSlot::new(module, &tenant))),
         };
         let runtime = self.registry.runtime();
         let guest = guest.map(|g| (g, runtime));
@@ -429,13 +438,12 @@ impl Worker {
                         match call {
                             Ok(verdict) => {
                                 let outcome = apply(verdict, &n);
-                                let label = match &outcome {
-                                    Outcome::Deliver(_) => "delivered",
-                                    Outcome::Dropped => "dropped",
-                                    Outcome::Rejected(..) => "rejected",
+                                let index = match &outcome {
+                                    Outcome::Deliver(_) => 0,
+                                    Outcome::Dropped => 1,
+                                    Outcome::Rejected(..) => 2,
                                 };
-                                metrics::counter!(m::GUEST_CALLS, "tenant" => tenant.to_string(), "outcome" => label)
-                                    .increment(1);
+                                g.outcomes[index].increment(1);
                                 outcome
                             }
                             Err(f) => match rules.policy {
