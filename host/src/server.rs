@@ -126,7 +126,7 @@ pub async fn run(
         listen_commands,
         shutdown.clone(),
     ));
-    let (socketio_layer, rooms) = socketio::layer(config.session_queue);
+    let (socketio_layer, rooms) = socketio::layer(config.session_queue, config.ws_read_buffer);
     let workers = Workers::start(
         registry.clone(),
         hub.clone(),

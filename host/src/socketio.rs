@@ -114,11 +114,12 @@ pub struct SocketIoContext {
 }
 
 /// The socketioxide layer (mount it on the router) and the [`Rooms`] handle for the workers. The
-/// namespace is attached later with [`attach`], once the workers exist.
-pub fn layer(queue_len: usize) -> (SocketIoLayer, Rooms) {
+/// namespace is attached later with [`attach`], once the workers exist. `queue_len` packets may wait
+/// for one socket; `read_buffer` is its WebSocket read buffer (small keeps idle sockets cheap).
+pub fn layer(queue_len: usize, read_buffer: usize) -> (SocketIoLayer, Rooms) {
     let (layer, io) = SocketIo::builder()
         .max_buffer_size(queue_len.max(16))
-        .ws_read_buffer_size(4096)
+        .ws_read_buffer_size(read_buffer.max(256))
         .build_layer();
     (layer, Rooms { io })
 }
