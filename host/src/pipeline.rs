@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::Identity;
 use crate::channels::Channels;
 use crate::config::FailurePolicy;
 use crate::envelope::{Envelope, JsonBody, TenantId, Topic};
@@ -172,18 +173,14 @@ impl Workers {
     }
 
     /// Asks the tenant's guest (if it has an authorize hook) whether a connection may proceed.
-    pub async fn authorize(
-        &self,
-        tenant: &TenantId,
-        topics: Vec<String>,
-        can_publish: bool,
-        claims: String,
-    ) -> Authorization {
+    /// `grants` are what the connection may read: topic patterns on `/ws`, channel patterns on
+    /// socket.io.
+    pub async fn authorize(&self, identity: &Identity, grants: Vec<String>) -> Authorization {
         let job = |reply| Job::Authorize {
-            tenant: tenant.clone(),
-            topics,
-            can_publish,
-            claims,
+            tenant: identity.tenant.clone(),
+            topics: grants,
+            can_publish: identity.can_publish,
+            claims: identity.claims.clone(),
             reply,
         };
         self.ask(job, || {

@@ -235,12 +235,7 @@ async fn authenticate(
     };
     let verdict = ctx
         .workers
-        .authorize(
-            &identity.tenant,
-            identity.channel_list(),
-            identity.can_publish,
-            identity.claims.clone(),
-        )
+        .authorize(&identity, identity.channel_list())
         .await;
     if let Authorization::Deny(reason) = verdict {
         return Err(refuse("guest_denied", format!("denied: {reason}")));
@@ -350,8 +345,7 @@ fn serve(ctx: Arc<SocketIoContext>, s: &SocketRef, identity: Identity) {
             member.gone.cancel();
             let subscribed = std::mem::take(&mut *member.subscribed.lock().await);
             for channel in subscribed {
-                s.leave(room(&member.identity.tenant, channel.as_str()));
-                ctx.channels.unsubscribe(&member.identity.tenant, &channel);
+                release(&ctx, &member.identity, &s, &channel);
             }
             metrics::counter!(m::SOCKETIO_DISCONNECTIONS).increment(1);
         }
@@ -467,10 +461,15 @@ async fn unsubscribe(
     let channel = requested_channel(ctx, identity, "unsubscribe", data.as_ref())?;
     let mut subscribed = member.subscribed.lock().await;
     if subscribed.remove(&channel) {
-        s.leave(room(&identity.tenant, channel.as_str()));
-        ctx.channels.unsubscribe(&identity.tenant, &channel);
+        release(ctx, identity, s, &channel);
     }
     Ok(channel.to_string())
+}
+
+/// Takes the socket out of the channel's room and gives back its count on the channel.
+fn release(ctx: &SocketIoContext, identity: &Identity, s: &SocketRef, channel: &ChannelName) {
+    s.leave(room(&identity.tenant, channel.as_str()));
+    ctx.channels.unsubscribe(&identity.tenant, channel);
 }
 
 async fn test_pub(

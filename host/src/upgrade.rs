@@ -177,12 +177,7 @@ async fn ws_handler(
     let verdict = app
         .ctx
         .workers
-        .authorize(
-            &identity.tenant,
-            identity.topic_list(),
-            identity.can_publish,
-            identity.claims.clone(),
-        )
+        .authorize(&identity, identity.topic_list())
         .await;
     if let Authorization::Deny(reason) = verdict {
         return Err(refuse(
