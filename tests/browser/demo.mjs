@@ -1,22 +1,11 @@
 // Drives the demo page in headless Chromium for tests/e2e/browser.rs. Prints one line per step so the
 // Rust test can act in between (send a NOTIFY after CONNECTED, check Postgres after PUBLISHED).
 //   node demo.mjs <page url> <screenshot path>
-import { chromium } from 'playwright-core';
-import readline from 'node:readline';
+import { next, withPage } from './page.mjs';
 
 const [url, screenshot] = process.argv.slice(2);
-const input = readline.createInterface({ input: process.stdin });
-const next = () => new Promise((resolve) => input.once('line', resolve));
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-         '--disable-sync', '--no-first-run'],
-});
-try {
-  const page = await browser.newPage({ viewport: { width: 1000, height: 700 } });
-  page.setDefaultTimeout(10000);
-  await page.goto(url);
+await withPage(url, async (page) => {
   await page.fill('#tenant', 'demo');
   await page.fill('#topics', 'chat');
   await page.click('#connect');
@@ -38,10 +27,4 @@ try {
   console.log('REJECTED');
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log('SCREENSHOT');
-} catch (e) {
-  console.log('FAILED ' + String(e).split('\n')[0]);
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-}
-process.exit();
+});

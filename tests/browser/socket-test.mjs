@@ -1,23 +1,12 @@
 // Drives /socket-test (socketio_pg's test page, with the socket.io 2.x client it bundled) in headless
 // Chromium for tests/e2e/browser.rs. Prints one line per step so the Rust test can act in between.
 //   node socket-test.mjs <page url> <token> <screenshot path>
-import { chromium } from 'playwright-core';
-import readline from 'node:readline';
+import { next, withPage } from './page.mjs';
 
 const [url, token, screenshot] = process.argv.slice(2);
-const input = readline.createInterface({ input: process.stdin });
-const next = () => new Promise((resolve) => input.once('line', resolve));
 const logLine = (text) => `#log div:has-text(${JSON.stringify(text)})`;
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-         '--disable-sync', '--no-first-run'],
-});
-try {
-  const page = await browser.newPage({ viewport: { width: 1000, height: 700 } });
-  page.setDefaultTimeout(10000);
-  await page.goto(url);
+await withPage(url, async (page) => {
   await page.fill('#token', token);
   await page.click('#connect-form input[type=submit]');
   await page.waitForSelector(logLine('Got hello from server'));
@@ -39,10 +28,4 @@ try {
   console.log('REFUSED');
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log('SCREENSHOT');
-} catch (e) {
-  console.log('FAILED ' + String(e).split('\n')[0]);
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-}
-process.exit();
+});
