@@ -62,7 +62,7 @@ pub fn routes(registry: Arc<GuestRegistry>, channels: Arc<Channels>, token: &str
 }
 
 /// Compares in constant time, so response timing does not reveal how much of a guess was right.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

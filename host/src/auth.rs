@@ -1,22 +1,32 @@
-//! Who a client is: JSON Web Tokens verified by the host, turned into an [`Identity`].
+//! Who a client is: one rule for every endpoint, from the credentials it presented to an
+//! [`Identity`] with least-privilege grants.
 //!
-//! Owns the accepted algorithms and keys, the claim rules and where a token may come from. HS256 with a
-//! shared secret, RS256 or ES256 with a public key (PEM); `alg: none` and any algorithm without a
-//! configured key are refused. Claims:
-//! - tenant (claim name configurable, default `tenant`): required, a valid tenant name;
-//! - `topics`: optional list of topic patterns the client may receive (`orders`, `eu/*`, `*`);
-//!   absent means every topic of the tenant;
-//! - `channels`: optional list of Postgres channel patterns a socket.io client may subscribe to
-//!   (`orders`, `orders_*`, `*`; see `channels`); absent means none;
-//! - `mode`: `r` (default, receive only) or `rw` (may also publish);
-//! - `exp`: required; an expired token is refused, and a session is closed when its token expires.
+//! Owns token verification (HS256 secrets of at least 32 bytes, RS256/ES256/EdDSA public keys, and a
+//! JWKS file of keys chosen by `kid`, reloaded when it changes; `alg: none` and any algorithm without
+//! a key are refused), the claim rules (`exp` and `nbf` as any JSON number with a small leeway,
+//! `aud`/`iss` when configured), and [`identify`], which `/ws` and socket.io both call. Grants:
 //!
-//! It does not decide what a session receives (`hub`) or speak HTTP (`server`).
+//! | claim | absent means |
+//! | --- | --- |
+//! | tenant (name configurable) | refused |
+//! | `topics` | no topic: only the tenant's messages without a topic, read and (`rw`) publish |
+//! | `channels` | no socket.io channel |
+//! | `mode` | `r`: read only |
+//! | `exp` | refused |
+//!
+//! A token that lists `topics` is topic-limited: it reads messages without a topic plus the topics it
+//! lists, and publishes only to topics it lists (never tenant-wide). It does not decide what a
+//! session receives (`hub`) or speak HTTP (`upgrade`, `socketio`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
 
 use crate::channels::{ChannelName, ChannelPattern};
 use crate::envelope::{NameError, TenantId, Topic, TopicPattern};
@@ -25,17 +35,23 @@ use crate::envelope::{NameError, TenantId, Topic, TopicPattern};
 /// `new WebSocket(url, ["pgws.v1", "bearer." + token])`.
 pub const TOKEN_PROTOCOL_PREFIX: &str = "bearer.";
 
+/// Shortest HS256 secret accepted: RFC 7518 §3.2 asks for a key at least as long as the hash.
+pub const MIN_SECRET_LEN: usize = 32;
+
 /// A verified client.
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub tenant: TenantId,
-    /// `None`: every topic of the tenant.
-    pub topics: Option<Arc<[TopicPattern]>>,
+    /// Topics this client may read and publish to (besides messages without a topic).
+    pub topics: Arc<[TopicPattern]>,
+    /// Whether it may publish without a topic (to every session of the tenant): only a token
+    /// without a `topics` claim, and development identities.
+    pub tenant_wide: bool,
     /// Postgres channels a socket.io client may subscribe to by name.
     pub channels: Arc<[ChannelPattern]>,
     pub can_publish: bool,
-    /// Unix time (seconds) when the token expires; `None` for development identities.
-    pub expires_at: Option<u64>,
+    /// When the token expires; `None` for development identities.
+    pub expires_at: Option<SystemTime>,
     /// The token's claims as JSON, for the guest's authorize hook.
     pub claims: String,
 }
@@ -47,18 +63,36 @@ impl Identity {
         Identity {
             claims: serde_json::json!({ "tenant": tenant.as_str(), "insecure": true }).to_string(),
             tenant,
-            topics: None,
+            topics: Arc::from([TopicPattern::any()]),
+            tenant_wide: true,
             channels: Arc::from([ChannelPattern::any()]),
             can_publish: true,
             expires_at: None,
         }
     }
 
-    /// Whether the token lets this client receive and publish on `topic`.
+    /// socketio_pg's anonymous client (`--socketio-anonymous-tenant`): every unreserved channel,
+    /// read only unless `can_publish` (`--socketio-test-pub`).
+    pub fn anonymous(tenant: TenantId, can_publish: bool) -> Identity {
+        Identity {
+            claims: serde_json::json!({ "tenant": tenant.as_str(), "anonymous": true }).to_string(),
+            tenant,
+            topics: Arc::from([]),
+            tenant_wide: false,
+            channels: Arc::from([ChannelPattern::any()]),
+            can_publish,
+            expires_at: None,
+        }
+    }
+
+    /// Whether this client may read `topic`.
     pub fn allows(&self, topic: &Topic) -> bool {
-        self.topics
-            .as_ref()
-            .is_none_or(|patterns| patterns.iter().any(|p| p.matches(topic)))
+        self.topics.iter().any(|p| p.matches(topic))
+    }
+
+    /// Whether this client may publish to `topic` (`None`: tenant-wide).
+    pub fn may_publish_to(&self, topic: Option<&Topic>) -> bool {
+        self.can_publish && topic.map_or(self.tenant_wide, |t| self.allows(t))
     }
 
     /// Whether the token lets this socket.io client subscribe to `channel`.
@@ -71,12 +105,9 @@ impl Identity {
         self.channels.iter().map(ToString::to_string).collect()
     }
 
-    /// The patterns as strings, `*` when everything is allowed.
+    /// The topic patterns as strings.
     pub fn topic_list(&self) -> Vec<String> {
-        match &self.topics {
-            None => vec!["*".into()],
-            Some(p) => p.iter().map(ToString::to_string).collect(),
-        }
+        self.topics.iter().map(ToString::to_string).collect()
     }
 }
 
@@ -91,12 +122,22 @@ pub enum AuthError {
     AlgNone,
     #[error("algorithm {0} is not accepted by this server")]
     Algorithm(String),
+    #[error("no key with kid {0:?}")]
+    UnknownKey(String),
     #[error("bad signature")]
     BadSignature,
     #[error("token expired")]
     Expired,
+    #[error("token not valid yet (nbf)")]
+    NotYetValid,
     #[error("token has no `exp` claim")]
     MissingExp,
+    #[error("`{0}` must be a number (seconds since 1970)")]
+    BadTime(&'static str),
+    #[error("token is not meant for this server (aud)")]
+    Audience,
+    #[error("token is not from the expected issuer (iss)")]
+    Issuer,
     #[error("token has no `{0}` claim")]
     MissingTenant(String),
     #[error("invalid tenant in token: {0}")]
@@ -116,9 +157,14 @@ impl AuthError {
             AuthError::Malformed(_) => "malformed_token",
             AuthError::AlgNone => "alg_none",
             AuthError::Algorithm(_) => "bad_algorithm",
+            AuthError::UnknownKey(_) => "unknown_kid",
             AuthError::BadSignature => "bad_signature",
             AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
             AuthError::MissingExp => "missing_exp",
+            AuthError::BadTime(_) => "bad_time_claim",
+            AuthError::Audience => "bad_audience",
+            AuthError::Issuer => "bad_issuer",
             AuthError::MissingTenant(_) => "missing_tenant",
             AuthError::InvalidTenant(_) => "invalid_tenant",
             AuthError::InvalidTopics(_) => "invalid_topics",
@@ -136,68 +182,117 @@ pub enum KeyError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{0} holds neither an RSA nor an EC public key in PEM form")]
+    #[error("{0} holds no RSA, EC (P-256) or Ed25519 public key in PEM form")]
     NotAKey(String),
-    #[error("the JWT secret is empty")]
-    EmptySecret,
+    #[error("the JWT secret is {0} bytes; at least {MIN_SECRET_LEN} are required (e.g. `openssl rand -base64 48`)")]
+    WeakSecret(usize),
+    #[error("{path} is not a usable JWKS: {message}")]
+    Jwks { path: String, message: String },
 }
 
+/// Where keys come from and what claims must say.
+#[derive(Debug, Clone, Default)]
+pub struct TokenRules {
+    /// HS256 shared secret.
+    pub secret: Option<String>,
+    /// PEM public key file (RS256, ES256 or EdDSA).
+    pub public_key: Option<PathBuf>,
+    /// JWKS file: keys chosen by the token's `kid`, reloaded when the file changes.
+    pub jwks: Option<PathBuf>,
+    /// Claim that names the tenant.
+    pub tenant_claim: String,
+    /// Required `aud` (the token's `aud`, a string or a list, must hold it).
+    pub audience: Option<String>,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+}
+
+/// One verification key.
 struct Key {
+    kid: Option<String>,
     algorithm: Algorithm,
     decoding: DecodingKey,
 }
 
 /// Verifies tokens against the configured keys.
 pub struct Authenticator {
-    keys: Vec<Key>,
-    tenant_claim: String,
+    rules: TokenRules,
+    /// Keys from the secret and the public key file, fixed for the process.
+    fixed: Vec<Key>,
+    /// Keys from the JWKS file; swapped whole when the file changes.
+    jwks: RwLock<Arc<Vec<Key>>>,
+    /// Size and modification time of the JWKS file when last read.
+    jwks_stamp: std::sync::Mutex<Option<(u64, SystemTime)>>,
 }
 
 impl Authenticator {
-    /// Builds a verifier from an HS256 secret and/or a PEM public key file. `None` if neither is set
-    /// (tokens are then not accepted at all).
-    pub fn new(
-        secret: Option<&str>,
-        public_key: Option<&std::path::Path>,
-        tenant_claim: &str,
-    ) -> Result<Option<Authenticator>, KeyError> {
-        let mut keys = Vec::new();
-        if let Some(secret) = secret {
-            if secret.is_empty() {
-                return Err(KeyError::EmptySecret);
+    /// Builds a verifier. `None` if no key is configured (tokens are then not accepted at all).
+    pub fn new(rules: TokenRules) -> Result<Option<Authenticator>, KeyError> {
+        let mut fixed = Vec::new();
+        if let Some(secret) = &rules.secret {
+            if secret.len() < MIN_SECRET_LEN {
+                return Err(KeyError::WeakSecret(secret.len()));
             }
-            keys.push(Key {
+            fixed.push(Key {
+                kid: None,
                 algorithm: Algorithm::HS256,
                 decoding: DecodingKey::from_secret(secret.as_bytes()),
             });
         }
-        if let Some(path) = public_key {
-            let shown = path.display().to_string();
-            let pem = std::fs::read(path).map_err(|source| KeyError::Read {
-                path: shown.clone(),
-                source,
-            })?;
-            if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
-                keys.push(Key {
-                    algorithm: Algorithm::RS256,
-                    decoding: k,
-                });
-            } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
-                keys.push(Key {
-                    algorithm: Algorithm::ES256,
-                    decoding: k,
-                });
-            } else {
-                return Err(KeyError::NotAKey(shown));
-            }
+        if let Some(path) = &rules.public_key {
+            fixed.push(pem_key(path)?);
         }
-        Ok((!keys.is_empty()).then(|| Authenticator {
-            keys,
-            tenant_claim: tenant_claim.to_owned(),
+        let jwks = match &rules.jwks {
+            Some(path) => read_jwks(path)?,
+            None => Vec::new(),
+        };
+        if fixed.is_empty() && rules.jwks.is_none() {
+            return Ok(None);
+        }
+        let stamp = rules.jwks.as_deref().and_then(stamp);
+        Ok(Some(Authenticator {
+            rules,
+            fixed,
+            jwks: RwLock::new(Arc::new(jwks)),
+            jwks_stamp: std::sync::Mutex::new(stamp),
         }))
     }
 
-    /// Verifies signature, algorithm and expiry, then reads the claims.
+    /// Rereads the JWKS file if it changed since the last read. A file that no longer parses is
+    /// logged and the keys read before stay. Returns whether the keys changed.
+    pub fn reload_jwks(&self) -> bool {
+        let Some(path) = &self.rules.jwks else {
+            return false;
+        };
+        let now = stamp(path);
+        let mut last = self.jwks_stamp.lock().unwrap_or_else(|e| e.into_inner());
+        if now == *last {
+            return false;
+        }
+        *last = now;
+        match read_jwks(path) {
+            Ok(keys) => {
+                let kids: Vec<String> = keys.iter().filter_map(|k| k.kid.clone()).collect();
+                *self.jwks.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+                tracing::info!(path = %path.display(), ?kids, "JWKS reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "JWKS not reloaded; the keys read before stay in use");
+                false
+            }
+        }
+    }
+
+    /// Whether a JWKS file is configured (and should be watched).
+    pub fn has_jwks(&self) -> bool {
+        self.rules.jwks.is_some()
+    }
+
+    /// Verifies signature, algorithm and the time, audience and issuer claims, then reads the
+    /// grants.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| {
             if header_alg(token)
@@ -209,16 +304,32 @@ impl Authenticator {
                 AuthError::Malformed(e.to_string())
             }
         })?;
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.algorithm == header.alg)
-            .ok_or_else(|| AuthError::Algorithm(format!("{:?}", header.alg)))?;
+        let jwks = self.jwks.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let key = match &header.kid {
+            // A token naming a key is checked against that key only.
+            Some(kid) => jwks
+                .iter()
+                .chain(&self.fixed)
+                .find(|k| k.kid.as_deref() == Some(kid.as_str()))
+                .ok_or_else(|| AuthError::UnknownKey(kid.clone()))?,
+            None => self
+                .fixed
+                .iter()
+                .chain(jwks.iter().filter(|k| k.kid.is_none()))
+                .find(|k| k.algorithm == header.alg)
+                .ok_or_else(|| AuthError::Algorithm(format!("{:?}", header.alg)))?,
+        };
+        if key.algorithm != header.alg {
+            return Err(AuthError::Algorithm(format!("{:?}", header.alg)));
+        }
+        // The library checks the signature and algorithm; the time, audience and issuer claims
+        // are checked below, where any JSON number form of `exp`/`nbf` is understood.
         let mut validation = Validation::new(key.algorithm);
-        validation.set_required_spec_claims(&["exp"]);
-        validation.leeway = 0;
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.validate_aud = false;
-        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(
             token,
             &key.decoding,
             &validation,
@@ -227,27 +338,63 @@ impl Authenticator {
             use jsonwebtoken::errors::ErrorKind as K;
             match e.kind() {
                 K::InvalidSignature => AuthError::BadSignature,
-                K::ExpiredSignature => AuthError::Expired,
-                K::MissingRequiredClaim(c) if c == "exp" => AuthError::MissingExp,
                 K::InvalidAlgorithm => AuthError::Algorithm(format!("{:?}", header.alg)),
                 _ => AuthError::Malformed(e.to_string()),
             }
         })?;
-        self.identity(data.claims)
+        let claims = data.claims;
+        let expires_at = self.check_claims(&claims, SystemTime::now())?;
+        self.identity(claims, expires_at)
+    }
+
+    /// `exp`, `nbf`, `aud` and `iss`; returns when the token expires.
+    fn check_claims(
+        &self,
+        claims: &serde_json::Map<String, Value>,
+        now: SystemTime,
+    ) -> Result<SystemTime, AuthError> {
+        let exp = time_claim(claims, "exp")?.ok_or(AuthError::MissingExp)?;
+        let leeway = self.rules.leeway;
+        if now > exp + leeway {
+            return Err(AuthError::Expired);
+        }
+        if let Some(nbf) = time_claim(claims, "nbf")? {
+            if now + leeway < nbf {
+                return Err(AuthError::NotYetValid);
+            }
+        }
+        if let Some(audience) = &self.rules.audience {
+            let ok = match claims.get("aud") {
+                Some(Value::String(a)) => a == audience,
+                Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(audience)),
+                _ => false,
+            };
+            if !ok {
+                return Err(AuthError::Audience);
+            }
+        }
+        if let Some(issuer) = &self.rules.issuer {
+            if claims.get("iss").and_then(Value::as_str) != Some(issuer.as_str()) {
+                return Err(AuthError::Issuer);
+            }
+        }
+        Ok(exp + leeway)
     }
 
     fn identity(
         &self,
-        claims: serde_json::Map<String, serde_json::Value>,
+        claims: serde_json::Map<String, Value>,
+        expires_at: SystemTime,
     ) -> Result<Identity, AuthError> {
+        let claim = &self.rules.tenant_claim;
         let tenant = claims
-            .get(&self.tenant_claim)
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| AuthError::MissingTenant(self.tenant_claim.clone()))?;
+            .get(claim)
+            .and_then(Value::as_str)
+            .ok_or_else(|| AuthError::MissingTenant(claim.clone()))?;
         let tenant = TenantId::parse(tenant).map_err(AuthError::InvalidTenant)?;
-        let topics = match claims.get("topics") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::Array(items)) => {
+        let (topics, tenant_wide) = match claims.get("topics") {
+            None | Some(Value::Null) => (Arc::from([]), true),
+            Some(Value::Array(items)) => {
                 let patterns = items
                     .iter()
                     .map(|v| {
@@ -256,13 +403,13 @@ impl Authenticator {
                     })
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| AuthError::InvalidTopics(e.into()))?;
-                Some(Arc::from(patterns))
+                (Arc::from(patterns), false)
             }
             Some(_) => return Err(AuthError::InvalidTopics("must be a list".into())),
         };
         let channels = match claims.get("channels") {
-            None | Some(serde_json::Value::Null) => Arc::from([]),
-            Some(serde_json::Value::Array(items)) => items
+            None | Some(Value::Null) => Arc::from([]),
+            Some(Value::Array(items)) => items
                 .iter()
                 .map(|v| {
                     let s = v.as_str().ok_or("channels must be strings".to_owned())?;
@@ -273,21 +420,145 @@ impl Authenticator {
                 .into(),
             Some(_) => return Err(AuthError::InvalidChannels("must be a list".into())),
         };
-        let can_publish = match claims.get("mode").and_then(|m| m.as_str()) {
-            None | Some("r") => false,
-            Some("rw") => true,
-            Some(other) => return Err(AuthError::InvalidMode(other.into())),
+        let can_publish = match claims.get("mode") {
+            None | Some(Value::Null) => false,
+            Some(Value::String(m)) if m == "r" => false,
+            Some(Value::String(m)) if m == "rw" => true,
+            Some(other) => return Err(AuthError::InvalidMode(other.to_string())),
         };
-        let expires_at = claims.get("exp").and_then(|e| e.as_u64());
         Ok(Identity {
             tenant,
             topics,
+            tenant_wide,
             channels,
             can_publish,
-            expires_at,
-            claims: serde_json::Value::Object(claims).to_string(),
+            expires_at: Some(expires_at),
+            claims: Value::Object(claims).to_string(),
         })
     }
+}
+
+/// Keeps the JWKS file's keys current: checks it every second until `shutdown`.
+pub fn watch_jwks(auth: Arc<Authenticator>, shutdown: tokio_util::sync::CancellationToken) {
+    if !auth.has_jwks() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let auth = auth.clone();
+            let _ = tokio::task::spawn_blocking(move || auth.reload_jwks()).await;
+        }
+    });
+}
+
+/// A time claim as seconds since 1970, in any JSON number form (`1796003132`, `1796003132.0`,
+/// `1.796e9`); `None` when absent.
+fn time_claim(
+    claims: &serde_json::Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<SystemTime>, AuthError> {
+    let Some(value) = claims.get(name) else {
+        return Ok(None);
+    };
+    let seconds = value
+        .as_f64()
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e11)
+        .ok_or(AuthError::BadTime(name))?;
+    Ok(Some(UNIX_EPOCH + Duration::from_secs_f64(seconds)))
+}
+
+fn stamp(path: &Path) -> Option<(u64, SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
+fn pem_key(path: &Path) -> Result<Key, KeyError> {
+    let shown = path.display().to_string();
+    let pem = std::fs::read(path).map_err(|source| KeyError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let (algorithm, decoding) = if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
+        (Algorithm::RS256, k)
+    } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
+        (Algorithm::ES256, k)
+    } else if let Ok(k) = DecodingKey::from_ed_pem(&pem) {
+        (Algorithm::EdDSA, k)
+    } else {
+        return Err(KeyError::NotAKey(shown));
+    };
+    Ok(Key {
+        kid: None,
+        algorithm,
+        decoding,
+    })
+}
+
+/// The keys of a JWKS file. Each key needs a `kid` (that is how tokens pick it) and an algorithm
+/// this server accepts; symmetric (`oct`) keys must be at least [`MIN_SECRET_LEN`] bytes.
+fn read_jwks(path: &Path) -> Result<Vec<Key>, KeyError> {
+    let shown = path.display().to_string();
+    let bad = |message: String| KeyError::Jwks {
+        path: shown.clone(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let set: JwkSet = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let mut keys = Vec::with_capacity(set.keys.len());
+    let mut kids = HashMap::new();
+    for jwk in &set.keys {
+        let kid = jwk
+            .common
+            .key_id
+            .clone()
+            .ok_or_else(|| bad("a key has no `kid`".into()))?;
+        if kids.insert(kid.clone(), ()).is_some() {
+            return Err(bad(format!("kid {kid:?} appears twice")));
+        }
+        let algorithm = match (&jwk.algorithm, jwk.common.key_algorithm) {
+            (AlgorithmParameters::RSA(_), None | Some(KeyAlgorithm::RS256)) => Algorithm::RS256,
+            (AlgorithmParameters::EllipticCurve(ec), None | Some(KeyAlgorithm::ES256))
+                if ec.curve == EllipticCurve::P256 =>
+            {
+                Algorithm::ES256
+            }
+            (AlgorithmParameters::OctetKeyPair(_), None | Some(KeyAlgorithm::EdDSA)) => {
+                Algorithm::EdDSA
+            }
+            (AlgorithmParameters::OctetKey(oct), None | Some(KeyAlgorithm::HS256)) => {
+                let len = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(oct.value.trim_end_matches('='))
+                    .map_err(|e| bad(format!("kid {kid:?}: {e}")))?
+                    .len();
+                if len < MIN_SECRET_LEN {
+                    return Err(bad(format!(
+                        "kid {kid:?}: secret of {len} bytes; at least {MIN_SECRET_LEN} are required"
+                    )));
+                }
+                Algorithm::HS256
+            }
+            _ => {
+                return Err(bad(format!(
+                    "kid {kid:?}: key type or algorithm not accepted"
+                )))
+            }
+        };
+        let decoding = DecodingKey::from_jwk(jwk).map_err(|e| bad(format!("kid {kid:?}: {e}")))?;
+        keys.push(Key {
+            kid: Some(kid),
+            algorithm,
+            decoding,
+        });
+    }
+    Ok(keys)
 }
 
 /// The `alg` of a token's header, read without trusting anything else in it.
@@ -296,8 +567,115 @@ fn header_alg(token: &str) -> Option<String> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(header.trim_end_matches('='))
         .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
     v.get("alg")?.as_str().map(str::to_owned)
+}
+
+/// What a client presented, wherever it came from.
+#[derive(Debug, Default, Clone)]
+pub struct Credentials {
+    /// The `Authorization` header's value, as sent.
+    pub authorization: Option<String>,
+    /// A token from the query string, the socket.io `auth` payload or a subprotocol.
+    pub token: Option<String>,
+    /// `?tenant=` (or socket.io `auth.tenant`), for development mode.
+    pub tenant: Option<String>,
+}
+
+impl Credentials {
+    /// The bearer token, from the header (scheme matched case-insensitively, as RFC 7235 says) or
+    /// else from anywhere else it was sent.
+    fn bearer(&self) -> Option<&str> {
+        let from_header = self.authorization.as_deref().and_then(|v| {
+            let (scheme, token) = v.trim().split_once(char::is_whitespace)?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then_some(token.trim())
+        });
+        from_header
+            .or(self.token.as_deref())
+            .filter(|t| !t.is_empty())
+    }
+}
+
+/// How clients may prove who they are on this server.
+#[derive(Clone, Default)]
+pub struct IdentityRules {
+    pub auth: Option<Arc<Authenticator>>,
+    /// `--insecure-tenant-param`.
+    pub insecure_tenant_param: bool,
+    /// `--socketio-anonymous-tenant`; only socket.io passes it.
+    pub anonymous_tenant: Option<TenantId>,
+    /// `--socketio-test-pub`: the anonymous identity may publish.
+    pub anonymous_can_publish: bool,
+}
+
+/// Why a client was not identified: a reason label for logs and metrics, a message for the client,
+/// and whether the request itself was malformed (400) rather than unauthenticated (401).
+#[derive(Debug)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub message: String,
+    pub bad_request: bool,
+}
+
+fn refusal(reason: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        reason,
+        message: message.into(),
+        bad_request: false,
+    }
+}
+
+/// The one identity rule of every endpoint:
+/// 1. a token, when sent, decides — verified, or refused (also when the server has no key: a token
+///    is never silently ignored);
+/// 2. without a token, development mode (`--insecure-tenant-param`) takes a tenant name;
+/// 3. then socket.io's anonymous tenant, if configured;
+/// 4. otherwise the client is refused.
+pub fn identify(credentials: &Credentials, rules: &IdentityRules) -> Result<Identity, Refusal> {
+    if let Some(token) = credentials.bearer() {
+        return match &rules.auth {
+            Some(auth) => auth
+                .verify(token)
+                .map_err(|e| refusal(e.reason(), e.to_string())),
+            None => Err(refusal(
+                "tokens_disabled",
+                "this server accepts no tokens (no --jwt-secret, --jwt-public-key or --jwt-jwks)",
+            )),
+        };
+    }
+    if rules.insecure_tenant_param {
+        if let Some(name) = &credentials.tenant {
+            return TenantId::parse(name)
+                .map(Identity::insecure)
+                .map_err(|e| Refusal {
+                    reason: "invalid_tenant",
+                    message: format!("invalid tenant name: {e}"),
+                    bad_request: true,
+                });
+        }
+    }
+    if let Some(tenant) = &rules.anonymous_tenant {
+        return Ok(Identity::anonymous(
+            tenant.clone(),
+            rules.anonymous_can_publish,
+        ));
+    }
+    match (&rules.auth, rules.insecure_tenant_param) {
+        (_, true) => Err(refusal(
+            "missing_tenant",
+            "no token and no tenant: send a token, or name a tenant with ?tenant=<name>",
+        )),
+        (Some(_), false) => Err(refusal(
+            AuthError::Missing.reason(),
+            AuthError::Missing.to_string(),
+        )),
+        (None, false) => Err(refusal(
+            "no_auth",
+            "no way to authenticate: the server accepts no tokens and --insecure-tenant-param is off",
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -305,11 +683,16 @@ mod tests {
     use super::*;
     use jsonwebtoken::{encode, EncodingKey, Header};
 
-    fn now() -> u64 {
-        jsonwebtoken::get_current_timestamp()
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn now() -> f64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64()
     }
 
-    fn hs(claims: serde_json::Value, secret: &str) -> String {
+    fn hs(claims: Value, secret: &str) -> String {
         encode(
             &Header::new(Algorithm::HS256),
             &claims,
@@ -318,21 +701,33 @@ mod tests {
         .expect("encode")
     }
 
-    fn auth() -> Authenticator {
-        Authenticator::new(Some("s3cret"), None, "tenant")
+    fn rules() -> TokenRules {
+        TokenRules {
+            secret: Some(SECRET.into()),
+            tenant_claim: "tenant".into(),
+            ..TokenRules::default()
+        }
+    }
+
+    fn auth_with(rules: TokenRules) -> Authenticator {
+        Authenticator::new(rules)
             .expect("keys")
             .expect("configured")
+    }
+
+    fn auth() -> Authenticator {
+        auth_with(rules())
     }
 
     #[test]
     fn accepts_a_valid_token() {
         let t = hs(
-            serde_json::json!({"tenant":"acme","exp":now()+60,"topics":["eu/*"],"mode":"rw"}),
-            "s3cret",
+            serde_json::json!({"tenant":"acme","exp":now()+60.0,"topics":["eu/*"],"mode":"rw"}),
+            SECRET,
         );
         let id = auth().verify(&t).expect("valid");
         assert_eq!(id.tenant.as_str(), "acme");
-        assert!(id.can_publish);
+        assert!(id.can_publish && !id.tenant_wide);
         assert_eq!(id.topic_list(), ["eu/*"]);
         assert!(
             id.channel_list().is_empty(),
@@ -341,10 +736,121 @@ mod tests {
     }
 
     #[test]
+    fn absent_claims_grant_least_privilege() {
+        let t = hs(
+            serde_json::json!({"tenant":"acme","exp":now()+60.0}),
+            SECRET,
+        );
+        let id = auth().verify(&t).expect("valid");
+        let topic = Topic::parse("orders").expect("topic");
+        assert!(!id.allows(&topic), "no topics claim reads no topic");
+        assert!(!id.can_publish, "no mode claim is read only");
+        assert!(id.channel_list().is_empty());
+        let t = hs(
+            serde_json::json!({"tenant":"acme","exp":now()+60.0,"mode":"rw","topics":["chat"]}),
+            SECRET,
+        );
+        let id = auth().verify(&t).expect("valid");
+        assert!(id.may_publish_to(Some(&Topic::parse("chat").expect("t"))));
+        assert!(!id.may_publish_to(Some(&topic)));
+        assert!(
+            !id.may_publish_to(None),
+            "topic-limited: no tenant-wide publish"
+        );
+    }
+
+    #[test]
+    fn time_claims_in_any_number_form() {
+        let a = auth();
+        let ok = |exp: Value| hs(serde_json::json!({"tenant":"a","exp":exp}), SECRET);
+        let later = now() + 3.5;
+        let id = a
+            .verify(&ok(serde_json::json!(later)))
+            .expect("fractional exp");
+        let left = id
+            .expires_at
+            .expect("expires")
+            .duration_since(SystemTime::now())
+            .expect("future");
+        assert!(left <= Duration::from_secs_f64(3.5), "{left:?}");
+        for past in [
+            serde_json::json!(now() - 1.5),
+            serde_json::json!(1.5e9),
+            serde_json::json!(1_500_000_000.0),
+        ] {
+            assert_eq!(a.verify(&ok(past)).expect_err("past").reason(), "expired");
+        }
+        for bad in [
+            serde_json::json!("soon"),
+            serde_json::json!(-1),
+            serde_json::json!(1e300),
+        ] {
+            assert_eq!(
+                a.verify(&ok(bad)).expect_err("bad").reason(),
+                "bad_time_claim"
+            );
+        }
+        let nbf = hs(
+            serde_json::json!({"tenant":"a","exp":now()+600.0,"nbf":now()+300.0}),
+            SECRET,
+        );
+        assert_eq!(a.verify(&nbf).expect_err("nbf").reason(), "not_yet_valid");
+        let mut lenient = rules();
+        lenient.leeway = Duration::from_secs(10);
+        let skewed = hs(serde_json::json!({"tenant":"a","exp":now()-5.0}), SECRET);
+        assert!(auth_with(lenient).verify(&skewed).is_ok(), "within leeway");
+    }
+
+    #[test]
+    fn audience_and_issuer_are_required_when_configured() {
+        let mut r = rules();
+        r.audience = Some("pgws".into());
+        r.issuer = Some("https://id.example".into());
+        let a = auth_with(r);
+        let claims = |extra: Value| {
+            let mut c = serde_json::json!({"tenant":"a","exp":now()+60.0});
+            c.as_object_mut()
+                .expect("object")
+                .extend(extra.as_object().expect("object").clone());
+            hs(c, SECRET)
+        };
+        let good = claims(serde_json::json!({"aud":["x","pgws"],"iss":"https://id.example"}));
+        assert!(a.verify(&good).is_ok());
+        let cases = [
+            (
+                serde_json::json!({"iss":"https://id.example"}),
+                "bad_audience",
+            ),
+            (
+                serde_json::json!({"aud":"other","iss":"https://id.example"}),
+                "bad_audience",
+            ),
+            (serde_json::json!({"aud":"pgws"}), "bad_issuer"),
+            (
+                serde_json::json!({"aud":"pgws","iss":"https://evil.example"}),
+                "bad_issuer",
+            ),
+        ];
+        for (extra, reason) in cases {
+            assert_eq!(a.verify(&claims(extra)).expect_err(reason).reason(), reason);
+        }
+    }
+
+    #[test]
+    fn short_secrets_are_refused_at_start() {
+        let mut r = rules();
+        r.secret = Some("a".into());
+        assert!(matches!(
+            Authenticator::new(r),
+            Err(KeyError::WeakSecret(1))
+        ));
+    }
+
+    #[test]
     fn channels_claim_grants_globs() {
         let t = hs(
-            serde_json::json!({"tenant":"acme","exp":now()+60,"channels":["orders_*","news"]}),
-            "s3cret",
+            serde_json::json!({"tenant":"acme","exp":now()+60.0,"channels":["orders_*","news"]}),
+            SECRET,
         );
         let id = auth().verify(&t).expect("valid");
         let ch = |s: &str| ChannelName::parse(s).expect(s);
@@ -352,8 +858,8 @@ mod tests {
         assert!(id.allows_channel(&ch("news")));
         assert!(!id.allows_channel(&ch("newsroom")));
         let bad = hs(
-            serde_json::json!({"tenant":"acme","exp":now()+60,"channels":["a b"]}),
-            "s3cret",
+            serde_json::json!({"tenant":"acme","exp":now()+60.0,"channels":["a b"]}),
+            SECRET,
         );
         assert_eq!(
             auth().verify(&bad).expect_err("bad").reason(),
@@ -365,12 +871,12 @@ mod tests {
     fn refuses_bad_tokens_with_reasons() {
         let a = auth();
         let cases = [
-            (hs(serde_json::json!({"tenant":"acme","exp":now()-10}), "s3cret"), "expired"),
-            (hs(serde_json::json!({"tenant":"acme","exp":now()+60}), "wrong"), "bad_signature"),
-            (hs(serde_json::json!({"exp":now()+60}), "s3cret"), "missing_tenant"),
-            (hs(serde_json::json!({"tenant":"acme"}), "s3cret"), "missing_exp"),
-            (hs(serde_json::json!({"tenant":"a b","exp":now()+60}), "s3cret"), "invalid_tenant"),
-            (hs(serde_json::json!({"tenant":"acme","exp":now()+60,"mode":"x"}), "s3cret"), "invalid_mode"),
+            (hs(serde_json::json!({"tenant":"acme","exp":now()-10.0}), SECRET), "expired"),
+            (hs(serde_json::json!({"tenant":"acme","exp":now()+60.0}), "wrong-secret-wrong-secret-wrong!!"), "bad_signature"),
+            (hs(serde_json::json!({"exp":now()+60.0}), SECRET), "missing_tenant"),
+            (hs(serde_json::json!({"tenant":"acme"}), SECRET), "missing_exp"),
+            (hs(serde_json::json!({"tenant":"a b","exp":now()+60.0}), SECRET), "invalid_tenant"),
+            (hs(serde_json::json!({"tenant":"acme","exp":now()+60.0,"mode":"x"}), SECRET), "invalid_mode"),
             ("not.a.token".to_owned(), "malformed_token"),
             ("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJ0ZW5hbnQiOiJhY21lIiwiZXhwIjo5OTk5OTk5OTk5fQ.".to_owned(), "alg_none"),
         ];
@@ -378,5 +884,226 @@ mod tests {
             let err = a.verify(&token).expect_err(reason);
             assert_eq!(err.reason(), reason, "{err}");
         }
+    }
+
+    /// Every combination of credentials and server settings, through the one rule both endpoints
+    /// use.
+    #[test]
+    fn identity_table() {
+        let key = Some(Arc::new(auth()));
+        let good = hs(
+            serde_json::json!({"tenant":"acme","exp":now()+60.0}),
+            SECRET,
+        );
+        let anon = TenantId::parse("public").ok();
+        struct Case {
+            header: Option<String>,
+            token: Option<String>,
+            tenant: Option<&'static str>,
+            key: bool,
+            dev: bool,
+            anonymous: bool,
+            expect: Result<&'static str, &'static str>,
+        }
+        let case = |header: Option<String>,
+                    token: Option<String>,
+                    tenant: Option<&'static str>,
+                    key: bool,
+                    dev: bool,
+                    anonymous: bool,
+                    expect| Case {
+            header,
+            token,
+            tenant,
+            key,
+            dev,
+            anonymous,
+            expect,
+        };
+        let bearer = |scheme: &str| Some(format!("{scheme} {good}"));
+        let cases = [
+            // Header spellings: the scheme is case-insensitive.
+            case(bearer("Bearer"), None, None, true, false, false, Ok("acme")),
+            case(bearer("bearer"), None, None, true, false, false, Ok("acme")),
+            case(bearer("BEARER"), None, None, true, false, false, Ok("acme")),
+            case(
+                Some(format!("Basic {good}")),
+                None,
+                None,
+                true,
+                false,
+                false,
+                Err("missing_token"),
+            ),
+            case(
+                None,
+                Some(good.clone()),
+                None,
+                true,
+                false,
+                false,
+                Ok("acme"),
+            ),
+            case(
+                None,
+                Some("junk".into()),
+                None,
+                true,
+                false,
+                false,
+                Err("malformed_token"),
+            ),
+            // A token is never ignored: no key refuses it, development mode or not.
+            case(
+                None,
+                Some(good.clone()),
+                Some("dev"),
+                false,
+                true,
+                false,
+                Err("tokens_disabled"),
+            ),
+            case(
+                None,
+                Some(good.clone()),
+                None,
+                false,
+                false,
+                false,
+                Err("tokens_disabled"),
+            ),
+            // A token beats ?tenant= when both come.
+            case(
+                None,
+                Some(good.clone()),
+                Some("dev"),
+                true,
+                true,
+                false,
+                Ok("acme"),
+            ),
+            case(None, None, Some("dev"), true, true, false, Ok("dev")),
+            case(None, None, Some("dev"), false, true, false, Ok("dev")),
+            case(
+                None,
+                None,
+                Some("bad name"),
+                false,
+                true,
+                false,
+                Err("invalid_tenant"),
+            ),
+            // ?tenant= outside development mode is no identity.
+            case(
+                None,
+                None,
+                Some("dev"),
+                true,
+                false,
+                false,
+                Err("missing_token"),
+            ),
+            case(None, None, None, false, true, false, Err("missing_tenant")),
+            case(None, None, None, false, false, false, Err("no_auth")),
+            // The anonymous tenant (socket.io) takes clients with no token at all.
+            case(None, None, None, true, false, true, Ok("public")),
+            case(
+                None,
+                Some("junk".into()),
+                None,
+                true,
+                false,
+                true,
+                Err("malformed_token"),
+            ),
+            case(None, None, Some("dev"), false, true, true, Ok("dev")),
+        ];
+        for (i, c) in cases.into_iter().enumerate() {
+            let credentials = Credentials {
+                authorization: c.header,
+                token: c.token,
+                tenant: c.tenant.map(str::to_owned),
+            };
+            let rules = IdentityRules {
+                auth: if c.key { key.clone() } else { None },
+                insecure_tenant_param: c.dev,
+                anonymous_tenant: if c.anonymous { anon.clone() } else { None },
+                anonymous_can_publish: false,
+            };
+            let got = identify(&credentials, &rules)
+                .map(|id| id.tenant.to_string())
+                .map_err(|r| r.reason);
+            assert_eq!(
+                got.as_ref().map(String::as_str).map_err(|e| *e),
+                c.expect,
+                "case {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn anonymous_identity_is_read_only_unless_test_pub() {
+        let t = TenantId::parse("public").expect("tenant");
+        assert!(!Identity::anonymous(t.clone(), false).can_publish);
+        assert!(Identity::anonymous(t, true).can_publish);
+    }
+
+    #[test]
+    fn jwks_keys_are_chosen_by_kid() {
+        let dir = std::env::temp_dir().join(format!("pgws-jwks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("keys.json");
+        let oct = |kid: &str, secret: &str| {
+            serde_json::json!({"kty":"oct","kid":kid,"alg":"HS256",
+                "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)})
+        };
+        let old = "old-secret-old-secret-old-secret-1";
+        let new = "new-secret-new-secret-new-secret-2";
+        std::fs::write(
+            &path,
+            serde_json::json!({"keys":[oct("k1", old)]}).to_string(),
+        )
+        .expect("write");
+        let a = auth_with(TokenRules {
+            jwks: Some(path.clone()),
+            tenant_claim: "tenant".into(),
+            ..TokenRules::default()
+        });
+        let signed = |kid: &str, secret: &str| {
+            let mut h = Header::new(Algorithm::HS256);
+            h.kid = Some(kid.into());
+            encode(
+                &h,
+                &serde_json::json!({"tenant":"a","exp":now()+60.0}),
+                &EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .expect("encode")
+        };
+        assert!(a.verify(&signed("k1", old)).is_ok());
+        assert_eq!(
+            a.verify(&signed("k2", new)).expect_err("unknown").reason(),
+            "unknown_kid"
+        );
+        assert_eq!(
+            a.verify(&signed("k1", new)).expect_err("wrong").reason(),
+            "bad_signature"
+        );
+        // Rotation: a new file (different size) replaces the keys.
+        std::fs::write(
+            &path,
+            serde_json::json!({"keys":[oct("k2", new)], "note": "rotated"}).to_string(),
+        )
+        .expect("write");
+        assert!(a.reload_jwks());
+        assert!(a.verify(&signed("k2", new)).is_ok());
+        assert_eq!(
+            a.verify(&signed("k1", old)).expect_err("gone").reason(),
+            "unknown_kid"
+        );
+        // A broken file keeps the keys that work.
+        std::fs::write(&path, "{not json").expect("write");
+        assert!(!a.reload_jwks());
+        assert!(a.verify(&signed("k2", new)).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -4,7 +4,7 @@
 //! Owns which tenants want which channel. The first subscriber of a channel (any tenant) queues a
 //! LISTEN and the last one leaving queues an UNLISTEN, both to the one listener connection; the
 //! listener (which owns that connection) applies them in queue order and re-LISTENs every wanted
-//! channel after a reconnect. It does not talk to clients (`socketio`) or run guests (`pipeline`).
+//! channel after a reconnect. It does not talk to clients (`socketio`) or run guests (`workers`).
 //!
 //! Name rule: 1–63 bytes (Postgres truncates identifiers longer than that), first an ASCII letter,
 //! digit or `_`, then letters, digits, `_`, `-`, `.` or `:`. Names are sent as quoted identifiers, so
@@ -17,10 +17,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::envelope::TenantId;
+use crate::envelope::{JsonBody, TenantId};
 
 /// Longest channel name Postgres keeps without truncating (NAMEDATALEN - 1).
 pub const MAX_CHANNEL_LEN: usize = 63;
+
+/// The socket.io NOTIFY payload as the JSON a guest sees: the text itself when it is JSON, otherwise
+/// the text as a JSON string (socketio_pg delivered non-JSON payloads, including the empty one, as
+/// plain strings).
+pub fn payload_body(payload: &str) -> JsonBody {
+    JsonBody::parse(payload).unwrap_or_else(|_| JsonBody::string(payload))
+}
 
 /// A channel name that passed the name rule.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -162,7 +169,7 @@ pub enum ListenCommand {
 #[error("the Postgres listener has stopped")]
 pub struct ListenerGone;
 
-/// Who subscribes to what, shared by the socket.io endpoint, the pipeline and the listener.
+/// Who subscribes to what, shared by the socket.io endpoint, the dispatcher and the listener.
 pub struct Channels {
     /// Channels whose payloads are `<tenant>[/<topic>],<json>` envelopes.
     envelope: HashSet<String>,
@@ -172,6 +179,36 @@ pub struct Channels {
     /// at least one subscriber.
     wanted: Mutex<HashMap<Arc<str>, HashMap<TenantId, usize>>>,
     commands: mpsc::UnboundedSender<ListenCommand>,
+    limits: ListenLimits,
+}
+
+/// Most channels the one LISTEN connection holds for socket.io clients: in all, and per tenant.
+/// Each LISTENed channel costs Postgres and the listener a little on every NOTIFY; without a cap one
+/// tenant's sockets could make the listener LISTEN on tens of thousands.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenLimits {
+    pub total: usize,
+    pub per_tenant: usize,
+}
+
+impl Default for ListenLimits {
+    fn default() -> Self {
+        ListenLimits {
+            total: usize::MAX,
+            per_tenant: usize::MAX,
+        }
+    }
+}
+
+/// Why a subscription was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("the server is at its limit of {0} channels")]
+    Total(usize),
+    #[error("your tenant is at its limit of {0} channels")]
+    Tenant(usize),
+    #[error("server is shutting down")]
+    ListenerGone,
 }
 
 impl Channels {
@@ -179,6 +216,7 @@ impl Channels {
     pub fn new(
         envelope: &[String],
         inbound: &str,
+        limits: ListenLimits,
     ) -> (Channels, mpsc::UnboundedReceiver<ListenCommand>) {
         let (commands, rx) = mpsc::unbounded_channel();
         let envelope: HashSet<String> = envelope.iter().cloned().collect();
@@ -189,6 +227,7 @@ impl Channels {
             reserved,
             wanted: Mutex::default(),
             commands,
+            limits,
         };
         (channels, rx)
     }
@@ -212,15 +251,26 @@ impl Channels {
     }
 
     /// Counts one more socket of `tenant` on `channel`, and returns once the listener LISTENs on it
-    /// (so a NOTIFY sent after this returns is seen).
+    /// (so a NOTIFY sent after this returns is seen). Refused when the channel would be one too many
+    /// for the tenant or for the server.
     pub async fn subscribe(
         &self,
         tenant: &TenantId,
         channel: &ChannelName,
-    ) -> Result<(), ListenerGone> {
+    ) -> Result<(), SubscribeError> {
         let (ack, confirmed) = oneshot::channel();
         {
             let mut wanted = self.wanted();
+            let known = wanted.get(channel.as_str());
+            if known.is_none_or(|t| !t.contains_key(tenant)) {
+                if known.is_none() && wanted.len() >= self.limits.total {
+                    return Err(SubscribeError::Total(self.limits.total));
+                }
+                let of_tenant = wanted.values().filter(|t| t.contains_key(tenant)).count();
+                if of_tenant >= self.limits.per_tenant {
+                    return Err(SubscribeError::Tenant(self.limits.per_tenant));
+                }
+            }
             *wanted
                 .entry(channel.shared())
                 .or_default()
@@ -231,9 +281,9 @@ impl Channels {
             // "subscribed" while the first one's LISTEN is still on its way.
             self.commands
                 .send(ListenCommand::Listen(channel.shared(), ack))
-                .map_err(|_| ListenerGone)?;
+                .map_err(|_| SubscribeError::ListenerGone)?;
         }
-        confirmed.await.map_err(|_| ListenerGone)
+        confirmed.await.map_err(|_| SubscribeError::ListenerGone)
     }
 
     /// Counts one socket of `tenant` fewer on `channel`; the last one out queues an UNLISTEN.
@@ -257,7 +307,7 @@ impl Channels {
         }
     }
 
-    /// Tenants with at least one socket on `channel`, for the pipeline.
+    /// Tenants with at least one socket on `channel`, for the dispatcher.
     pub fn tenants(&self, channel: &str) -> Vec<TenantId> {
         self.wanted()
             .get(channel)
@@ -351,7 +401,8 @@ mod tests {
 
     #[tokio::test]
     async fn counts_and_commands_follow_subscriptions() {
-        let (channels, mut rx) = Channels::new(&["pgwebsocket".into()], "inbound");
+        let (channels, mut rx) =
+            Channels::new(&["pgwebsocket".into()], "inbound", ListenLimits::default());
         let channels = Arc::new(channels);
         let (a, b) = (
             TenantId::parse("a").expect("a"),
@@ -393,5 +444,59 @@ mod tests {
             seen,
             ["LISTEN foo", "LISTEN foo", "LISTEN foo", "UNLISTEN foo"]
         );
+    }
+
+    #[tokio::test]
+    async fn listen_limits_cap_channels_per_tenant_and_in_all() {
+        let limits = ListenLimits {
+            total: 3,
+            per_tenant: 2,
+        };
+        let (channels, mut rx) = Channels::new(&["pgwebsocket".into()], "inbound", limits);
+        tokio::spawn(async move {
+            while let Some(cmd) = rx.recv().await {
+                if let ListenCommand::Listen(_, ack) = cmd {
+                    let _ = ack.send(());
+                }
+            }
+        });
+        let (a, b) = (
+            TenantId::parse("a").expect("a"),
+            TenantId::parse("b").expect("b"),
+        );
+        channels.subscribe(&a, &name("x")).await.expect("1st");
+        channels.subscribe(&a, &name("y")).await.expect("2nd");
+        // Another socket of the same tenant on a channel it already has costs nothing.
+        channels.subscribe(&a, &name("y")).await.expect("again");
+        assert_eq!(
+            channels.subscribe(&a, &name("z")).await,
+            Err(SubscribeError::Tenant(2))
+        );
+        // Another tenant joining a channel already LISTENed is under the total.
+        channels.subscribe(&b, &name("x")).await.expect("shared");
+        channels
+            .subscribe(&b, &name("w"))
+            .await
+            .expect("3rd channel");
+        assert_eq!(
+            channels.subscribe(&b, &name("v")).await,
+            Err(SubscribeError::Total(3))
+        );
+        channels.unsubscribe(&a, &name("y"));
+        channels.unsubscribe(&a, &name("y"));
+        channels
+            .subscribe(&a, &name("z"))
+            .await
+            .expect("room again");
+    }
+
+    #[test]
+    fn payloads_become_json_like_socketio_pg() {
+        assert_eq!(payload_body(r#"{"a":1}"#).as_str(), r#"{"a":1}"#);
+        assert_eq!(payload_body("42").as_str(), "42");
+        assert_eq!(payload_body("[1,2]").as_str(), "[1,2]");
+        assert_eq!(payload_body("hello").as_str(), r#""hello""#);
+        assert_eq!(payload_body("").as_str(), r#""""#);
+        assert_eq!(payload_body("say \"hi\"").as_str(), r#""say \"hi\"""#);
     }
 }

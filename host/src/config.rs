@@ -56,13 +56,33 @@ pub struct Config {
     #[arg(long, env = "PGWS_INSECURE_TENANT_PARAM")]
     pub insecure_tenant_param: bool,
 
-    /// HS256 secret that client tokens (JWT) are signed with.
+    /// HS256 secret that client tokens (JWT) are signed with; at least 32 bytes
+    /// (e.g. `openssl rand -base64 48`).
     #[arg(long, env = "PGWS_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
-    /// PEM file with the RSA (RS256) or EC P-256 (ES256) public key that client tokens are signed with.
+    /// PEM file with the RSA (RS256), EC P-256 (ES256) or Ed25519 (EdDSA) public key that client
+    /// tokens are signed with.
     #[arg(long, env = "PGWS_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
+
+    /// JWKS file (`{"keys": [...]}`) of verification keys, each with a `kid`; a token's `kid` picks
+    /// its key. The file is re-read when it changes, so keys rotate without a restart.
+    #[arg(long, env = "PGWS_JWT_JWKS")]
+    pub jwt_jwks: Option<PathBuf>,
+
+    /// Required `aud` of every token (its `aud`, a string or a list, must hold this value).
+    #[arg(long, env = "PGWS_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` of every token.
+    #[arg(long, env = "PGWS_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Clock skew allowed on a token's `exp` and `nbf`, in seconds. A session is closed when its
+    /// token's `exp` plus this has passed.
+    #[arg(long, env = "PGWS_JWT_LEEWAY_SECS", default_value_t = 5)]
+    pub jwt_leeway_secs: u64,
 
     /// Token claim that names the client's tenant.
     #[arg(long, env = "PGWS_JWT_TENANT_CLAIM", default_value = "tenant")]
@@ -103,6 +123,16 @@ pub struct Config {
     #[arg(long, env = "PGWS_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Token that `/metrics` requires (`Authorization: Bearer <token>`). Metrics name every tenant;
+    /// without this (or --admin-listen) anyone who reaches the server can read them.
+    #[arg(long, env = "PGWS_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// Serve `/metrics` and `/admin/*` on this address only (e.g. 127.0.0.1:9090, or an internal
+    /// interface), not on --listen.
+    #[arg(long, env = "PGWS_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
     /// Where compiled guests are cached so a restart does not recompile them.
     /// Default: `$XDG_CACHE_HOME/pgws` or `~/.cache/pgws`.
     #[arg(long, env = "PGWS_GUEST_CACHE")]
@@ -138,22 +168,70 @@ pub struct Config {
     #[arg(long, env = "PGWS_GUEST_ISOLATION_SECS", default_value_t = 30)]
     pub guest_isolation_secs: u64,
 
-    /// Threads that run guests. Each tenant is pinned to one, which keeps its messages in order.
+    /// Threads that run guests. Any thread runs any tenant, one call of a tenant at a time (so its
+    /// messages stay in order); a slow guest gives its thread up every millisecond.
     /// Default: the number of CPUs.
     #[arg(long, env = "PGWS_GUEST_THREADS")]
     pub guest_threads: Option<usize>,
 
-    /// Most WebSocket sessions this process serves; more are refused with 503.
+    /// Messages (and client requests) one tenant may have waiting for its guest. Past it that
+    /// tenant's new messages are dropped, counted and announced to its pgws.v1 clients as a gap;
+    /// other tenants are not affected.
+    #[arg(long, env = "PGWS_GUEST_QUEUE", default_value_t = 4096)]
+    pub guest_queue: usize,
+
+    /// Guest running time one tenant may use per second, in milliseconds. A tenant over it waits for
+    /// the next second (throttled, counted in pgws_guest_throttled_total); others are not slowed.
+    #[arg(long, env = "PGWS_GUEST_CPU_MS_PER_SEC", default_value_t = 500)]
+    pub guest_cpu_ms_per_sec: u64,
+
+    /// Most clients this process serves, /ws sessions and socket.io sockets together; more are
+    /// refused (503 on /ws, connect_error on socket.io).
     #[arg(long, env = "PGWS_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
 
-    /// Most WebSocket sessions one tenant may hold in this process; more are refused with 503.
+    /// Most clients one tenant may hold in this process, both endpoints together; more are refused.
     #[arg(
         long,
         env = "PGWS_MAX_CONNECTIONS_PER_TENANT",
         default_value_t = 100_000
     )]
     pub max_connections_per_tenant: usize,
+
+    /// Topics one connection may take (`?topics=` or pgws.v1 subscriptions).
+    #[arg(long, env = "PGWS_MAX_TOPICS_PER_SESSION", default_value_t = 256)]
+    pub max_topics_per_session: usize,
+
+    /// Channels one socket.io socket may subscribe to.
+    #[arg(long, env = "PGWS_MAX_CHANNELS_PER_SOCKET", default_value_t = 256)]
+    pub max_channels_per_socket: usize,
+
+    /// Channels the listener may LISTEN on for socket.io clients, all tenants together.
+    #[arg(long, env = "PGWS_MAX_LISTEN_CHANNELS", default_value_t = 10_000)]
+    pub max_listen_channels: usize,
+
+    /// Channels one tenant's socket.io clients may make the listener LISTEN on.
+    #[arg(
+        long,
+        env = "PGWS_MAX_LISTEN_CHANNELS_PER_TENANT",
+        default_value_t = 1_000
+    )]
+    pub max_listen_channels_per_tenant: usize,
+
+    /// Engine.IO sessions that may wait at once for their socket.io connect packet (where a
+    /// client sends its token). More are refused with 503; a token sent with the handshake itself
+    /// (`?token=` or `Authorization`) is checked there and does not count.
+    #[arg(long, env = "PGWS_SOCKETIO_MAX_PENDING", default_value_t = 1_000)]
+    pub socketio_max_pending: usize,
+
+    /// Seconds an Engine.IO session may wait for its socket.io connect packet before it is closed.
+    #[arg(long, env = "PGWS_SOCKETIO_CONNECT_TIMEOUT_SECS", default_value_t = 5)]
+    pub socketio_connect_timeout_secs: u64,
+
+    /// Seconds a write to a client may wait for its socket; a client whose socket takes nothing for
+    /// this long is closed, even if its queue never fills.
+    #[arg(long, env = "PGWS_WRITE_TIMEOUT_SECS", default_value_t = 30)]
+    pub write_timeout_secs: u64,
 
     /// Frames queued per client before the client counts as too slow and is closed (code 1013).
     #[arg(long, env = "PGWS_SESSION_QUEUE", default_value_t = 1024)]
@@ -347,6 +425,12 @@ impl Config {
         }
         if self.guest_timeout_ms == 0 {
             return Err("--guest-timeout-ms must be at least 1".into());
+        }
+        if self.guest_queue == 0 {
+            return Err("--guest-queue must be at least 1".into());
+        }
+        if self.guest_cpu_ms_per_sec == 0 {
+            return Err("--guest-cpu-ms-per-sec must be at least 1".into());
         }
         if let Some(t) = &self.socketio_anonymous_tenant {
             crate::envelope::TenantId::parse(t)

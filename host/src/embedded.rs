@@ -1,13 +1,16 @@
 //! A private PostgreSQL for development, started when no database URL is given.
 //!
 //! Owns finding the locally installed server binaries, the data directory (created once with initdb,
-//! reused on later runs), starting the server on loopback and stopping it when pgws exits. As root it
+//! reused on later runs), starting the server and stopping it when pgws exits. The server listens on
+//! no TCP port at all, only on a Unix socket in a directory only its owner may enter (mode 0700): no
+//! other local user can connect, though authentication inside is `trust` for the owner's ease. As root it
 //! runs the server as the `postgres` user, since PostgreSQL refuses to run as root. It is for the quick
 //! start only: production passes `--database-url` / `DATABASE_URL` and never reaches this module.
 //!
 //! Data directory: `$PGWS_EMBEDDED_DIR`, else `$XDG_DATA_HOME/pgws/postgres`, else
 //! `~/.local/share/pgws/postgres` — except as root, where it is `/var/lib/pgws/postgres`, because the
-//! `postgres` user cannot enter root's home. Port: `$PGWS_EMBEDDED_PORT`, else 54329.
+//! `postgres` user cannot enter root's home. Socket: `<that directory>/socket/.s.PGSQL.<port>`, port
+//! `$PGWS_EMBEDDED_PORT`, else 54329.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,6 +23,8 @@ const DEFAULT_PORT: u16 = 54329;
 pub struct EmbeddedPostgres {
     bin: PathBuf,
     data: PathBuf,
+    /// The private directory holding the server's Unix socket.
+    socket_dir: PathBuf,
     run_as: Option<String>,
     port: u16,
     stopped: bool,
@@ -85,7 +90,17 @@ impl EmbeddedPostgres {
             Err(_) => DEFAULT_PORT,
         };
         let run_as = as_root.then(|| "postgres".to_owned());
-        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        let socket_dir = root.join("socket");
+        std::fs::create_dir_all(&socket_dir)
+            .with_context(|| format!("creating {}", socket_dir.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // Only the owner (and root) may enter: the socket inside is the only way in.
+            for dir in [&root, &socket_dir] {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .with_context(|| format!("restricting {}", dir.display()))?;
+            }
+        }
         if let Some(user) = &run_as {
             let ok = Command::new("chown")
                 .arg("-R")
@@ -101,6 +116,7 @@ impl EmbeddedPostgres {
         let mut pg = EmbeddedPostgres {
             bin,
             data: root.join("data"),
+            socket_dir: socket_dir.clone(),
             run_as,
             port,
             stopped: true,
@@ -125,8 +141,8 @@ impl EmbeddedPostgres {
             )?;
         }
         let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1",
-            root.display()
+            "-p {port} -k {} -c listen_addresses=''",
+            socket_dir.display()
         );
         let log = root.join("postgres.log").display().to_string();
         if pg
@@ -152,9 +168,14 @@ impl EmbeddedPostgres {
         Ok(pg)
     }
 
-    /// Connection string for the `postgres` database.
+    /// Connection string for the `postgres` database, through the private socket (libpq's
+    /// key=value form, which `psql` and every driver take).
     pub fn url(&self) -> String {
-        format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)
+        format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.socket_dir.display(),
+            self.port
+        )
     }
 
     fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<()> {

@@ -162,6 +162,14 @@ impl TopicPattern {
         }
     }
 
+    /// The pattern that matches every topic (`*`).
+    pub fn any() -> Self {
+        TopicPattern {
+            prefix: Arc::from(""),
+            wildcard: true,
+        }
+    }
+
     pub fn matches(&self, topic: &Topic) -> bool {
         if self.wildcard {
             topic.as_str().starts_with(&*self.prefix)

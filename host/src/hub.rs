@@ -3,17 +3,18 @@
 //! Owns the tenant → sessions map and each session's sending half. A message is encoded once per frame
 //! format and the same bytes are queued to every recipient with `try_send`: the hub never waits on a
 //! client. A session whose bounded queue is full is unregistered and told to close (it is too slow).
-//! It does not own sockets (`session`) or decide routing (the guest, via `pipeline`).
+//! It does not own sockets (`session`) or decide routing (the guest, via `workers` and `deliver`).
 
 use std::collections::HashMap;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Ticket;
 use crate::envelope::{JsonBody, TenantId, Topic, TopicPattern};
 use crate::frame::{self, FrameFormat};
 use crate::metrics as m;
@@ -62,6 +63,8 @@ pub struct Registration {
     /// Cancelled when the hub gives up on the session because its queue overflowed.
     pub overflowed: CancellationToken,
     hub: Arc<Hub>,
+    /// The session's place among the server's connections, held until the session ends.
+    _ticket: Ticket,
 }
 
 impl Registration {
@@ -86,36 +89,8 @@ struct Subscriber {
     overflowed: CancellationToken,
 }
 
-/// Most sessions the hub accepts.
-#[derive(Debug, Clone, Copy)]
-pub struct SessionLimits {
-    pub total: usize,
-    pub per_tenant: usize,
-}
-
-impl Default for SessionLimits {
-    fn default() -> Self {
-        SessionLimits {
-            total: usize::MAX,
-            per_tenant: usize::MAX,
-        }
-    }
-}
-
-/// Why a session was not registered.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-pub enum LimitReached {
-    #[error("server is at its limit of {0} connections")]
-    Total(usize),
-    #[error("tenant is at its limit of {0} connections")]
-    Tenant(usize),
-}
-
 /// The live set of sessions, by tenant.
 pub struct Hub {
-    /// Sessions registered, all tenants together (kept beside the map to check limits cheaply).
-    total: AtomicUsize,
-    limits: SessionLimits,
     /// Read on every message, written on connect, disconnect and overflow.
     tenants: RwLock<HashMap<TenantId, Vec<Subscriber>>>,
     next_id: AtomicU64,
@@ -128,34 +103,19 @@ impl Hub {
             tenants: RwLock::default(),
             next_id: AtomicU64::new(1),
             queue_len: queue_len.max(1),
-            total: AtomicUsize::new(0),
-            limits: SessionLimits::default(),
         }
     }
 
-    /// Caps the number of sessions, in all and per tenant.
-    pub fn with_limits(mut self, limits: SessionLimits) -> Self {
-        self.limits = limits;
-        self
-    }
-
-    /// Registers a session, unless a session limit is reached.
+    /// Registers a session that holds a place among the server's connections.
     pub fn register(
         self: &Arc<Self>,
+        ticket: Ticket,
         tenant: &TenantId,
         format: FrameFormat,
         filter: TopicFilter,
-    ) -> Result<Registration, LimitReached> {
-        // Checked and added under the write lock, so concurrent connects cannot overshoot.
+    ) -> Registration {
         let mut tenants = self.write();
-        let total = self.total.load(Ordering::Relaxed);
-        if total >= self.limits.total {
-            return Err(LimitReached::Total(self.limits.total));
-        }
         let subs = tenants.entry(tenant.clone()).or_default();
-        if subs.len() >= self.limits.per_tenant {
-            return Err(LimitReached::Tenant(self.limits.per_tenant));
-        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.queue_len);
         let overflowed = CancellationToken::new();
@@ -167,23 +127,20 @@ impl Hub {
             overflowed: overflowed.clone(),
         };
         subs.push(sub);
-        self.total.fetch_add(1, Ordering::Relaxed);
         drop(tenants);
-        metrics::gauge!(m::CONNECTIONS, "tenant" => tenant.to_string()).increment(1.0);
-        Ok(Registration {
+        Registration {
             id,
             tenant: tenant.clone(),
             frames: rx,
             overflowed,
             hub: self.clone(),
-        })
+            _ticket: ticket,
+        }
     }
 
     /// Removes a session; a no-op if the hub already dropped it.
     fn unregister(&self, tenant: &TenantId, id: SessionId) {
-        if self.remove(tenant, &[id]) > 0 {
-            metrics::gauge!(m::CONNECTIONS, "tenant" => tenant.to_string()).decrement(1.0);
-        }
+        self.remove(tenant, &[id]);
     }
 
     fn set_filter(&self, tenant: &TenantId, id: SessionId, filter: TopicFilter) {
@@ -242,8 +199,6 @@ impl Hub {
         if !overflowed.is_empty() {
             let removed = self.remove(&delivery.tenant, &overflowed);
             metrics::counter!(m::QUEUE_OVERFLOWS).increment(removed as u64);
-            metrics::gauge!(m::CONNECTIONS, "tenant" => delivery.tenant.to_string())
-                .decrement(removed as f64);
             tracing::warn!(
                 tenant = %delivery.tenant,
                 sessions = removed,
@@ -272,6 +227,19 @@ impl Hub {
         );
     }
 
+    /// Some of `tenant`'s messages were dropped before reaching the hub; its `pgws.v1` sessions get
+    /// a `gap` notice saying why.
+    pub fn tenant_gap(&self, tenant: &TenantId, reason: &str) {
+        let notice =
+            Utf8Bytes::from(serde_json::json!({ "type": "gap", "reason": reason }).to_string());
+        let tenants = self.read();
+        for sub in tenants.get(tenant).into_iter().flatten() {
+            if sub.format == FrameFormat::Envelope {
+                let _ = sub.frames.try_send(notice.clone());
+            }
+        }
+    }
+
     fn remove(&self, tenant: &TenantId, ids: &[SessionId]) -> usize {
         let mut tenants = self.write();
         let Some(subs) = tenants.get_mut(tenant) else {
@@ -280,7 +248,6 @@ impl Hub {
         let before = subs.len();
         subs.retain(|s| !ids.contains(&s.id));
         let removed = before - subs.len();
-        self.total.fetch_sub(removed, Ordering::Relaxed);
         if subs.is_empty() {
             tenants.remove(tenant);
         }
@@ -299,6 +266,13 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admission::Admission;
+
+    /// Registers a session with a fresh place among connections.
+    fn register(hub: &Arc<Hub>, tenant: &TenantId, filter: TopicFilter) -> Registration {
+        let ticket = Arc::new(Admission::default()).admit(tenant).expect("place");
+        hub.register(ticket, tenant, FrameFormat::Raw, filter)
+    }
 
     fn delivery(tenant: &str, topic: Option<&str>, body: &str) -> Delivery {
         Delivery {
@@ -315,15 +289,9 @@ mod tests {
         let hub = Arc::new(Hub::new(8));
         let acme = TenantId::parse("acme").expect("tenant");
         let other = TenantId::parse("other").expect("tenant");
-        let mut a1 = hub
-            .register(&acme, FrameFormat::Raw, TopicFilter::All)
-            .expect("room");
-        let mut a2 = hub
-            .register(&acme, FrameFormat::Raw, TopicFilter::All)
-            .expect("room");
-        let mut o = hub
-            .register(&other, FrameFormat::Raw, TopicFilter::All)
-            .expect("room");
+        let mut a1 = register(&hub, &acme, TopicFilter::All);
+        let mut a2 = register(&hub, &acme, TopicFilter::All);
+        let mut o = register(&hub, &other, TopicFilter::All);
         hub.publish(&delivery("acme", None, r#"{"n":1}"#));
         let f1 = a1.frames.try_recv().expect("a1 frame");
         let f2 = a2.frames.try_recv().expect("a2 frame");
@@ -341,7 +309,7 @@ mod tests {
         let hub = Arc::new(Hub::new(8));
         let acme = TenantId::parse("acme").expect("tenant");
         let only = TopicFilter::Only([Topic::parse("orders").expect("topic")].into());
-        let mut s = hub.register(&acme, FrameFormat::Raw, only).expect("room");
+        let mut s = register(&hub, &acme, only);
         hub.publish(&delivery("acme", Some("billing"), "1"));
         hub.publish(&delivery("acme", Some("orders"), "2"));
         hub.publish(&delivery("acme", None, "3"));
@@ -368,7 +336,7 @@ mod tests {
             for (op, tenant, which) in ops {
                 match op {
                     0 => {
-                        let reg = hub.register(&tenants[tenant], FrameFormat::Raw, TopicFilter::All).expect("room");
+                        let reg = register(&hub, &tenants[tenant], TopicFilter::All);
                         sessions.push((tenant, reg, Vec::new()));
                     }
                     1 if !sessions.is_empty() => {
@@ -401,44 +369,11 @@ mod tests {
     }
 
     #[test]
-    fn limits_cap_sessions_in_all_and_per_tenant() {
-        let hub = Arc::new(Hub::new(8).with_limits(SessionLimits {
-            total: 3,
-            per_tenant: 2,
-        }));
-        let a = TenantId::parse("a").expect("tenant");
-        let b = TenantId::parse("b").expect("tenant");
-        let a1 = hub
-            .register(&a, FrameFormat::Raw, TopicFilter::All)
-            .expect("room");
-        let _a2 = hub
-            .register(&a, FrameFormat::Raw, TopicFilter::All)
-            .expect("room");
-        assert!(matches!(
-            hub.register(&a, FrameFormat::Raw, TopicFilter::All),
-            Err(LimitReached::Tenant(2))
-        ));
-        let _b1 = hub
-            .register(&b, FrameFormat::Raw, TopicFilter::All)
-            .expect("room");
-        assert!(matches!(
-            hub.register(&b, FrameFormat::Raw, TopicFilter::All),
-            Err(LimitReached::Total(3))
-        ));
-        drop(a1);
-        assert!(hub.register(&b, FrameFormat::Raw, TopicFilter::All).is_ok());
-    }
-
-    #[test]
     fn full_queue_unregisters_and_signals_the_session() {
         let hub = Arc::new(Hub::new(2));
         let acme = TenantId::parse("acme").expect("tenant");
-        let slow = hub
-            .register(&acme, FrameFormat::Raw, TopicFilter::All)
-            .expect("room");
-        let mut fast = hub
-            .register(&acme, FrameFormat::Raw, TopicFilter::All)
-            .expect("room");
+        let slow = register(&hub, &acme, TopicFilter::All);
+        let mut fast = register(&hub, &acme, TopicFilter::All);
         for _ in 0..3 {
             hub.publish(&delivery("acme", None, "1"));
             let _ = fast.frames.try_recv();

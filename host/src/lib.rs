@@ -4,32 +4,39 @@
 //! Data flows one way through the modules:
 //!
 //! ```text
-//! listener ──▶ pipeline ──(envelope::parse)──▶ guest (per tenant) ──▶ hub ──▶ session ──▶ socket
-//!                  └──(channel subscribed by name)──▶ guest (per tenant) ──▶ socketio rooms
+//! listener ──▶ dispatch ──▶ workers (a lane per tenant: its guest) ──▶ deliver ──▶ hub ──▶ session
+//!                                                                             └──▶ rooms (socket.io)
 //! ```
 //!
 //! - [`listener`]: the one LISTEN connection, drained, reconnected with back-off;
 //! - [`channels`]: channels socket.io clients subscribe to by name, reference-counted;
 //! - [`envelope`]: the payload format `<tenant>[/<topic>],<json>` and its name rules;
-//! - [`pipeline`]: worker threads that run each tenant's guest in order and apply its verdict;
+//! - [`dispatch`]: listener events into tenant lanes, never waiting on one;
+//! - [`workers`]: a lane per tenant, guest threads that run any lane, budgets and failure policy;
+//! - [`deliver`]: a verdict into numbered deliveries for the hub or socket.io rooms;
 //! - [`guest`]: the WebAssembly runtime, limits and the tenant → guest registry;
 //! - [`hub`]: tenant → sessions, bounded per-session queues, encode-once fan-out;
 //! - [`frame`]: the bytes clients receive;
 //! - [`session`]: one WebSocket connection, and the `pgws.v1` client frames it answers;
 //! - [`protocol`]: the `pgws.v1` envelope protocol's frames;
-//! - [`auth`]: JWT verification into an identity (tenant, topics, mode);
+//! - [`auth`]: the one identity rule of every endpoint; JWT verification, least-privilege grants;
+//! - [`admission`]: connection counts, in all and per tenant, for every endpoint;
 //! - [`publisher`]: client messages into Postgres via `pg_notify`;
 //! - [`upgrade`]: who a connecting client is, decided before the WebSocket upgrade;
-//! - [`socketio`]: the socket.io endpoint (socketio_pg's events) and its rooms;
+//! - [`socketio`]: the socket.io endpoint (socketio_pg's events);
+//! - [`rooms`]: socket.io rooms as a delivery target;
 //! - [`server`]: the accept loop, plain HTTP routes, start-up and shutdown order;
 //! - [`admin`]: the token-guarded API to list, upload, remove and roll back guests;
 //! - [`embedded`]: the private development PostgreSQL started when no database URL is given;
 //! - [`config`], [`metrics`]: settings and the `/metrics` vocabulary.
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod channels;
 pub mod config;
+pub mod deliver;
+pub mod dispatch;
 pub mod embedded;
 pub mod envelope;
 pub mod frame;
@@ -37,10 +44,11 @@ pub mod guest;
 pub mod hub;
 pub mod listener;
 pub mod metrics;
-pub mod pipeline;
 pub mod protocol;
 pub mod publisher;
+pub mod rooms;
 pub mod server;
 pub mod session;
 pub mod socketio;
 pub mod upgrade;
+pub mod workers;

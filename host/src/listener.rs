@@ -8,7 +8,7 @@
 //! reconnect every wanted channel is LISTENed again. Notifications leave as [`ListenerEvent`]s on a
 //! bounded channel in the order Postgres delivered them; a reconnect emits [`ListenerEvent::Gap`],
 //! because NOTIFYs sent while no one listened are gone by Postgres' design. It does not parse payloads
-//! (that is `envelope`) and never waits on a WebSocket client: its only consumer is the pipeline.
+//! (that is `envelope`) and never waits on a WebSocket client: its only consumer is the dispatcher.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -141,7 +141,7 @@ enum Outcome {
     Listened(ConnectionLost),
     /// Never got as far as LISTENing.
     Failed(ConnectionLost),
-    /// The pipeline is gone: the server is shutting down.
+    /// The dispatcher is gone: the server is shutting down.
     DownstreamGone,
 }
 

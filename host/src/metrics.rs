@@ -22,12 +22,18 @@ pub const GUEST_CALLS: &str = "pgws_guest_calls_total";
 pub const GUEST_FAILURES: &str = "pgws_guest_failures_total";
 pub const GUEST_CALL_SECONDS: &str = "pgws_guest_call_seconds";
 pub const GUEST_LOADS: &str = "pgws_guest_loads_total";
+pub const GUEST_THROTTLED: &str = "pgws_guest_throttled_total";
+pub const GUESTS_NOT_LOADED: &str = "pgws_guests_not_loaded";
+pub const TENANT_QUEUE_DROPS: &str = "pgws_tenant_queue_dropped_total";
 pub const CLIENT_PUBLISHES: &str = "pgws_client_publishes_total";
 pub const SOCKETIO_CONNECTIONS: &str = "pgws_socketio_connections_total";
 pub const SOCKETIO_DISCONNECTIONS: &str = "pgws_socketio_disconnections_total";
 pub const SOCKETIO_EVENTS: &str = "pgws_socketio_events_total";
 pub const SOCKETIO_SEND_FAILURES: &str = "pgws_socketio_send_failures_total";
 pub const SOCKETIO_ERRORS: &str = "pgws_socketio_errors_total";
+pub const LISTEN_LIMITED: &str = "pgws_listen_limited_total";
+pub const SOCKETIO_HANDSHAKES_REFUSED: &str = "pgws_socketio_handshakes_refused_total";
+pub const METRICS_REFUSED: &str = "pgws_metrics_refused_total";
 
 /// Installs the global recorder and describes every series. Call once, from the binary.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
@@ -63,7 +69,7 @@ fn describe() {
     );
     describe_counter!(
         MESSAGES_PUBLISHED,
-        "Messages handed to the hub after the guest, by tenant"
+        "Notifications delivered after the guest (to /ws sessions or socket.io rooms), by tenant"
     );
     describe_counter!(DELIVERIES, "Frames queued to client sessions");
     describe_gauge!(CONNECTIONS, "Open WebSocket sessions, by tenant");
@@ -87,9 +93,25 @@ fn describe() {
     describe_counter!(GUEST_CALLS, "Guest calls, by tenant and outcome");
     describe_counter!(
         GUEST_FAILURES,
-        "Guest calls that failed, by tenant and kind"
+        "Guest calls that failed, by tenant and kind (not_loaded: the guest meant to serve was refused)"
     );
-    describe_histogram!(GUEST_CALL_SECONDS, Unit::Seconds, "Duration of guest calls");
+    describe_histogram!(
+        GUEST_CALL_SECONDS,
+        Unit::Seconds,
+        "Guest running time per call (time waiting for a thread excluded), by tenant"
+    );
+    describe_counter!(
+        GUEST_THROTTLED,
+        "Times a tenant's guest used its --guest-cpu-ms-per-sec budget and waited for the next second, by tenant"
+    );
+    describe_gauge!(
+        GUESTS_NOT_LOADED,
+        "Guests whose file was refused while no version serves (their tenants fail closed)"
+    );
+    describe_counter!(
+        TENANT_QUEUE_DROPS,
+        "Jobs dropped because the tenant's guest queue (--guest-queue) was full, by tenant"
+    );
     describe_counter!(GUEST_LOADS, "Guest components loaded, by outcome");
     describe_counter!(CLIENT_PUBLISHES, "Client publish frames, by outcome");
     describe_counter!(SOCKETIO_CONNECTIONS, "socket.io clients connected");
@@ -101,6 +123,18 @@ fn describe() {
     describe_counter!(
         SOCKETIO_SEND_FAILURES,
         "socket.io broadcasts that some socket could not take (buffer full or closed)"
+    );
+    describe_counter!(
+        LISTEN_LIMITED,
+        "socket.io subscribes refused by --max-listen-channels or --max-listen-channels-per-tenant"
+    );
+    describe_counter!(
+        SOCKETIO_HANDSHAKES_REFUSED,
+        "Engine.IO handshakes refused, by reason (too many unauthenticated sessions, bad token)"
+    );
+    describe_counter!(
+        METRICS_REFUSED,
+        "/metrics requests refused for a missing or wrong --metrics-token"
     );
     describe_counter!(
         SOCKETIO_ERRORS,

@@ -5,7 +5,7 @@
 //! `socketio`'s, `/admin` is `admin`'s), and the order of
 //! start-up and shutdown: guests load before the listener starts (so no message skips its guest), and
 //! on shutdown the server stops accepting, closes every session with 1001, waits for them within a
-//! bound, then stops the listener and the pipeline.
+//! bound, then stops the listener and the dispatcher.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,20 +23,23 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Authenticator;
-use crate::channels::Channels;
+use crate::admission::{Admission, ConnectionLimits};
+use crate::auth::{Authenticator, IdentityRules, TokenRules};
+use crate::channels::{Channels, ListenLimits};
 use crate::config::Config;
+use crate::deliver::Deliverer;
+use crate::dispatch;
 use crate::envelope::TenantId;
 use crate::guest::{GuestLimits, GuestRegistry, GuestRuntime};
-use crate::hub::{Hub, SessionLimits};
+use crate::hub::Hub;
 use crate::listener::{self, ListenerConfig, Readiness};
-use crate::pipeline::{self, FailureRules, Workers};
 use crate::publisher::Publisher;
 use crate::session::SessionContext;
-use crate::socketio::{self, SocketIoContext};
+use crate::socketio::{self, Handshakes, SocketIoContext};
 use crate::upgrade::Upgrades;
+use crate::workers::{FailureRules, Scheduling, Workers};
 
-/// Events buffered between the LISTEN connection and the pipeline.
+/// Events buffered between the LISTEN connection and the dispatcher.
 const LISTENER_QUEUE: usize = 65_536;
 /// Pending connections the kernel may hold; tokio's default of 1024 drops SYNs in connect bursts.
 const ACCEPT_BACKLOG: u32 = 8192;
@@ -59,6 +62,8 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 struct AppState {
     readiness: Readiness,
     metrics: Option<PrometheusHandle>,
+    /// `--metrics-token`, required by `/metrics` when set.
+    metrics_token: Option<Arc<str>>,
 }
 
 /// Runs the service on `tcp` until `shutdown` is cancelled, then shuts down in order.
@@ -80,16 +85,28 @@ pub async fn run(
         );
     }
 
-    let auth = Authenticator::new(
-        config.jwt_secret.as_deref(),
-        config.jwt_public_key.as_deref(),
-        &config.jwt_tenant_claim,
-    )
-    .context("loading the JWT key")?
+    let auth = Authenticator::new(TokenRules {
+        secret: config.jwt_secret.clone(),
+        public_key: config.jwt_public_key.clone(),
+        jwks: config.jwt_jwks.clone(),
+        tenant_claim: config.jwt_tenant_claim.clone(),
+        audience: config.jwt_audience.clone(),
+        issuer: config.jwt_issuer.clone(),
+        leeway: Duration::from_secs(config.jwt_leeway_secs),
+    })
+    .context("loading the JWT keys")?
     .map(Arc::new);
-    if auth.is_none() && !config.insecure_tenant_param {
+    match &auth {
+        Some(auth) => crate::auth::watch_jwks(auth.clone(), shutdown.clone()),
+        None if !config.insecure_tenant_param => tracing::warn!(
+            "no --jwt-secret, --jwt-public-key or --jwt-jwks: every client with a token will be refused"
+        ),
+        None => {}
+    }
+    if config.metrics_token.is_none() && config.admin_listen.is_none() {
         tracing::warn!(
-            "no --jwt-secret or --jwt-public-key: every WebSocket client will be refused (401)"
+            "/metrics is open to anyone who reaches --listen and names every tenant; set \
+             --metrics-token or --admin-listen to keep it private"
         );
     }
     let publisher = Arc::new(
@@ -103,12 +120,20 @@ pub async fn run(
             .with_context(|| format!("watching guest directory {}", dir.display()))?;
     }
 
-    let hub = Arc::new(Hub::new(config.session_queue).with_limits(SessionLimits {
+    let hub = Arc::new(Hub::new(config.session_queue));
+    let admission = Arc::new(Admission::new(ConnectionLimits {
         total: config.max_connections,
         per_tenant: config.max_connections_per_tenant,
     }));
     let readiness = Readiness::default();
-    let (channels, listen_commands) = Channels::new(&config.channels, config.inbound_channel());
+    let (channels, listen_commands) = Channels::new(
+        &config.channels,
+        config.inbound_channel(),
+        ListenLimits {
+            total: config.max_listen_channels,
+            per_tenant: config.max_listen_channels_per_tenant,
+        },
+    );
     let channels = Arc::new(channels);
     let (events_tx, events_rx) = mpsc::channel(LISTENER_QUEUE);
     let (backoff_min, backoff_max) = config.reconnect_backoff();
@@ -126,20 +151,28 @@ pub async fn run(
         listen_commands,
         shutdown.clone(),
     ));
-    let (socketio_layer, rooms) = socketio::layer(config.session_queue, config.ws_read_buffer);
+    let connect_timeout = Duration::from_secs(config.socketio_connect_timeout_secs.max(1));
+    let (socketio_layer, rooms) =
+        socketio::layer(config.session_queue, config.ws_read_buffer, connect_timeout);
     let workers = Workers::start(
         registry.clone(),
-        hub.clone(),
-        rooms.clone(),
+        Deliverer {
+            hub: hub.clone(),
+            rooms: rooms.clone(),
+        },
         FailureRules {
             policy: config.guest_failure,
             max_failures: config.guest_max_failures.max(1),
             isolation: Duration::from_secs(config.guest_isolation_secs),
         },
-        config.guest_threads(),
+        Scheduling {
+            threads: config.guest_threads(),
+            queue_per_tenant: config.guest_queue,
+            budget_per_sec: Duration::from_millis(config.guest_cpu_ms_per_sec),
+        },
     )
-    .context("starting guest worker threads")?;
-    let pipeline_task = tokio::spawn(pipeline::run(
+    .context("starting guest threads")?;
+    let dispatch_task = tokio::spawn(dispatch::run(
         events_rx,
         workers.clone(),
         hub.clone(),
@@ -159,66 +192,120 @@ pub async fn run(
              unreserved channel as this tenant"
         );
     }
+    let identity_rules = IdentityRules {
+        auth,
+        insecure_tenant_param: config.insecure_tenant_param,
+        anonymous_tenant: None,
+        anonymous_can_publish: false,
+    };
+    let socketio_rules = IdentityRules {
+        anonymous_tenant,
+        anonymous_can_publish: config.socketio_test_pub,
+        ..identity_rules.clone()
+    };
+    let handshakes = Arc::new(Handshakes::new(
+        socketio_rules.clone(),
+        config.socketio_max_pending,
+        connect_timeout,
+    ));
     socketio::attach(
         &rooms,
         Arc::new(SocketIoContext {
-            auth: auth.clone(),
-            insecure_tenant_param: config.insecure_tenant_param,
-            anonymous_tenant,
+            identity_rules: socketio_rules,
+            admission: admission.clone(),
             test_pub: config.socketio_test_pub,
+            max_channels: config.max_channels_per_socket,
             channels: channels.clone(),
             workers: workers.clone(),
             publisher: publisher.clone(),
             publish_rate: config.publish_rate,
             publish_burst: config.publish_burst,
             shutdown: shutdown.clone(),
+            handshakes: handshakes.clone(),
         }),
     );
 
     let sessions = TaskTracker::new();
     let upgrades = Upgrades {
         hub,
+        admission,
         frame: config.frame.into(),
-        insecure_tenant_param: config.insecure_tenant_param,
-        auth,
+        identity_rules,
+        max_topics: config.max_topics_per_session,
         ctx: Arc::new(SessionContext {
             workers,
             publisher,
             ping_interval: Duration::from_secs(config.ping_secs.max(1)),
             publish_rate: config.publish_rate,
             publish_burst: config.publish_burst,
+            max_topics: config.max_topics_per_session,
+            write_timeout: Duration::from_secs(config.write_timeout_secs.max(1)),
         }),
         ws_read_buffer: config.ws_read_buffer.max(256),
         max_client_message: config.max_client_message,
         shutdown: shutdown.clone(),
         sessions: sessions.clone(),
     };
-    let admin = match &config.admin_token {
-        Some(token) => crate::admin::routes(registry.clone(), channels.clone(), token),
-        None => Router::new(),
+    let state = AppState {
+        readiness,
+        metrics,
+        metrics_token: config.metrics_token.as_deref().map(Arc::from),
     };
-    let app = Router::new()
+    // `/metrics` and `/admin/*`: on the main address, or only on their own.
+    let operator = {
+        let admin = match &config.admin_token {
+            Some(token) => crate::admin::routes(registry.clone(), channels.clone(), token),
+            None => Router::new(),
+        };
+        Router::new()
+            .route("/metrics", get(metrics_handler))
+            .with_state(state.clone())
+            .merge(admin)
+    };
+    let mut app = Router::new()
         .route("/", get(demo_page))
         .route("/client/pgws-client.js", get(client_module))
         .route("/socket-test", get(socket_test_page))
         .route("/static/socket.io.js", get(socketio_client))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_handler))
-        .with_state(AppState { readiness, metrics })
-        .merge(crate::upgrade::routes(upgrades))
-        .merge(admin)
-        .layer(socketio_layer);
+        .with_state(state.clone())
+        .merge(crate::upgrade::routes(upgrades));
+    let handshake_timeout = Duration::from_secs(config.handshake_timeout_secs.max(1));
+    let operator_task = match config.admin_listen {
+        None => {
+            app = app.merge(operator);
+            None
+        }
+        Some(addr) => {
+            let tcp = bind(addr).with_context(|| format!("binding --admin-listen {addr}"))?;
+            tracing::info!(%addr, "metrics and admin API serving");
+            let operator = Router::new()
+                .route("/healthz", get(|| async { "ok\n" }))
+                .route("/readyz", get(readyz))
+                .with_state(state)
+                .merge(operator);
+            Some(tokio::spawn(serve_http(
+                tcp,
+                operator,
+                handshake_timeout,
+                shutdown.clone(),
+            )))
+        }
+    };
+    let app = app
+        .layer(socketio_layer)
+        .layer(axum::middleware::from_fn_with_state(
+            handshakes,
+            socketio::guard_handshakes,
+        ));
 
     let addr = tcp.local_addr()?;
     tracing::info!(%addr, channels = ?config.channels, "pgws serving");
-    serve_http(
-        tcp,
-        app,
-        Duration::from_secs(config.handshake_timeout_secs.max(1)),
-        shutdown.clone(),
-    )
-    .await;
+    serve_http(tcp, app, handshake_timeout, shutdown.clone()).await;
+    if let Some(task) = operator_task {
+        let _ = task.await;
+    }
 
     // Sessions saw the same cancellation and are sending 1001; give them a bounded time to finish.
     // socket.io clients get a disconnect packet (and release their channels) the same way.
@@ -234,7 +321,7 @@ pub async fn run(
         );
     }
     let _ = listener_task.await;
-    let _ = pipeline_task.await;
+    let _ = dispatch_task.await;
     tracing::info!("pgws stopped");
     Ok(())
 }
@@ -367,7 +454,23 @@ async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
-async fn metrics_handler(State(app): State<AppState>) -> Response {
+async fn metrics_handler(State(app): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(token) = &app.metrics_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
+        if !presented.is_some_and(|t| crate::admin::same(t.as_bytes(), token.as_bytes())) {
+            metrics::counter!(crate::metrics::METRICS_REFUSED).increment(1);
+            return (
+                StatusCode::UNAUTHORIZED,
+                "metrics need Authorization: Bearer <--metrics-token>\n",
+            )
+                .into_response();
+        }
+    }
     match &app.metrics {
         Some(handle) => handle.render().into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response(),

@@ -5,8 +5,9 @@
 //! frames in batches (one flush, so one socket write, for everything already waiting), answers pings,
 //! sends keepalive pings, and closes with a code that says why: 1000 when the client leaves, 1001 on
 //! server shutdown, 1008 when pings go unanswered, 1013 when the client was too slow to keep its queue
-//! from filling, 4001 when its token expires. It does not decide who the client is (`server`, `auth`)
-//! or what reaches its queue (`hub`).
+//! from filling or its socket stayed unwritable past `--write-timeout-secs`, 1009 when it sends a
+//! message over `--max-client-message`, 4001 when its token expires. It does not decide who the
+//! client is (`upgrade`, `auth`) or what reaches its queue (`hub`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,9 +22,9 @@ use crate::auth::Identity;
 use crate::envelope::Topic;
 use crate::hub::{Registration, TopicFilter};
 use crate::metrics as m;
-use crate::pipeline::{ClientOutcome, Workers};
 use crate::protocol::{self, ClientFrame};
 use crate::publisher::{PublishError, Publisher, RateLimit};
+use crate::workers::{ClientOutcome, Workers};
 
 /// Close code for a client whose queue overflowed ("try again later").
 pub const CLOSE_TOO_SLOW: u16 = 1013;
@@ -33,6 +34,8 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_PING_TIMEOUT: u16 = 1008;
 /// Close code for a session whose token expired.
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+/// Close code for a client message over the size cap ("message too big").
+pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// Most frames written per flush; bounds the time one session holds its worker.
 const MAX_BATCH: usize = 256;
@@ -47,6 +50,10 @@ pub struct SessionContext {
     /// Publishes per second a session may sustain, and the burst it may spend at once.
     pub publish_rate: f64,
     pub publish_burst: f64,
+    /// Most topics one pgws.v1 session may subscribe to.
+    pub max_topics: usize,
+    /// Longest a write to the client may wait for its socket before the session is closed.
+    pub write_timeout: Duration,
 }
 
 /// Which protocol the client chose at the upgrade.
@@ -68,6 +75,8 @@ enum Ending {
     PingTimeout,
     TokenExpired,
     HubDropped,
+    TooBig,
+    WriteTimeout,
 }
 
 impl Ending {
@@ -80,6 +89,8 @@ impl Ending {
             Ending::PingTimeout => "ping_timeout",
             Ending::TokenExpired => "token_expired",
             Ending::HubDropped => "hub_dropped",
+            Ending::TooBig => "message_too_big",
+            Ending::WriteTimeout => "write_timeout",
         }
     }
 }
@@ -109,7 +120,7 @@ impl Session {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         let mut answered = true;
-        let expiry = tokio::time::sleep(until_unix(identity.expires_at));
+        let expiry = tokio::time::sleep(until(identity.expires_at));
         tokio::pin!(expiry);
         let mut state = V1State {
             subscriptions: HashSet::new(),
@@ -121,7 +132,8 @@ impl Session {
                 &identity.topic_list(),
                 identity.can_publish,
             );
-            let _ = ws.send(Message::Text(hello.into())).await;
+            let _ =
+                tokio::time::timeout(ctx.write_timeout, ws.send(Message::Text(hello.into()))).await;
         }
 
         let ending = loop {
@@ -144,8 +156,13 @@ impl Session {
                     let write = write_batch(&mut ws, frame, &mut registration.frames);
                     // A client that stops reading leaves this write pending; the hub then overflows
                     // its queue and cancels `overflowed`, which must end the session even mid-write.
+                    // A socket that takes nothing for the write timeout ends the session even when
+                    // its queue never fills (a trickle of messages to a client that stopped reading).
                     let written = tokio::select! {
-                        r = write => r.map_err(|_| Ending::ClientError),
+                        r = tokio::time::timeout(ctx.write_timeout, write) => match r {
+                            Ok(r) => r.map_err(|_| Ending::ClientError),
+                            Err(_) => Err(Ending::WriteTimeout),
+                        },
                         _ = registration.overflowed.cancelled() => Err(Ending::TooSlow),
                         _ = shutdown.cancelled() => Err(Ending::Shutdown),
                     };
@@ -155,6 +172,10 @@ impl Session {
                 }
                 incoming = ws.recv() => match incoming {
                     None => break Ending::ClientClosed,
+                    Some(Err(e)) if is_too_big(&e) => {
+                        close(&mut ws, CLOSE_TOO_BIG, "message too big").await;
+                        break Ending::TooBig;
+                    }
                     Some(Err(_)) => break Ending::ClientError,
                     Some(Ok(Message::Close(_))) => {
                         // tungstenite queued the closing reply; flushing sends it.
@@ -168,8 +189,10 @@ impl Session {
                         // future, and inlined it would make every idle session's task that large.
                         let reply =
                             Box::pin(state.handle(&text, &identity, &registration, &ctx)).await;
-                        if ws.send(Message::Text(reply.into())).await.is_err() {
-                            break Ending::ClientError;
+                        match tokio::time::timeout(ctx.write_timeout, ws.send(Message::Text(reply.into()))).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => break Ending::ClientError,
+                            Err(_) => break Ending::WriteTimeout,
                         }
                     }
                     // Pings are answered by tungstenite on the next write; in pgws's protocol the
@@ -185,8 +208,10 @@ impl Session {
                         break Ending::PingTimeout;
                     }
                     answered = false;
-                    if ws.send(Message::Ping(Default::default())).await.is_err() {
-                        break Ending::ClientError;
+                    match tokio::time::timeout(ctx.write_timeout, ws.send(Message::Ping(Default::default()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break Ending::ClientError,
+                        Err(_) => break Ending::WriteTimeout,
                     }
                 }
             }
@@ -196,15 +221,26 @@ impl Session {
     }
 }
 
-/// Time left until a Unix timestamp (or a very long time when there is none).
-fn until_unix(at: Option<u64>) -> Duration {
-    let Some(at) = at else {
-        return Duration::from_secs(u32::MAX.into());
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Duration::from_secs(at).saturating_sub(now)
+/// Time left until `at` (or a very long time when there is none).
+fn until(at: Option<std::time::SystemTime>) -> Duration {
+    match at {
+        Some(at) => at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+        None => Duration::from_secs(u32::MAX.into()),
+    }
+}
+
+/// Whether a read failed because the client's message was over the size cap.
+fn is_too_big(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// What a `pgws.v1` session keeps between client frames.
@@ -239,6 +275,14 @@ impl V1State {
                 if !refused.is_empty() {
                     let msg = format!("not allowed by your token: {}", refused.join(", "));
                     return protocol::error("forbidden_topic", &msg, r#ref.as_ref());
+                }
+                let new = topics
+                    .iter()
+                    .filter(|t| !self.subscriptions.contains(*t))
+                    .count();
+                if self.subscriptions.len() + new > ctx.max_topics {
+                    let msg = format!("at most {} topics per connection", ctx.max_topics);
+                    return protocol::error("too_many_topics", &msg, r#ref.as_ref());
                 }
                 self.subscriptions.extend(topics.iter().cloned());
                 registration.set_filter(TopicFilter::Only(self.subscriptions.clone()));
@@ -280,8 +324,14 @@ impl V1State {
                 "your token does not allow publishing (mode \"r\")".into(),
             ));
         }
-        if let Some(t) = topic.as_ref().filter(|t| !identity.allows(t)) {
-            return Err(("forbidden_topic", format!("not allowed by your token: {t}")));
+        if !identity.may_publish_to(topic.as_ref()) {
+            return Err(match &topic {
+                Some(t) => ("forbidden_topic", format!("not allowed by your token: {t}")),
+                None => (
+                    "forbidden_topic",
+                    "your token is limited to topics: publish to one of them".into(),
+                ),
+            });
         }
         if !self.limit.take() {
             return Err((

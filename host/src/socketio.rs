@@ -1,11 +1,11 @@
 //! The socket.io endpoint at `/socket.io/`: socketio_pg's events, with auth, tenant isolation, guests
 //! and commit order added.
 //!
-//! Owns the socketioxide layer, who a socket.io client is (the same JWT rules as `/ws`, token from the
-//! `auth` payload, `?token=` or `Authorization: Bearer`), each socket's subscriptions, and the rooms
-//! events are emitted to: one room per (tenant, channel), so a message runs through a tenant's guest
-//! once and is encoded once for all of that tenant's sockets on the channel. Events, as socketio_pg
-//! named and shaped them:
+//! Owns the socketioxide layer, the credentials a socket.io client presents (token from the `auth`
+//! payload, `?token=` or `Authorization: Bearer`, judged by the one identity rule of `auth`), the cap
+//! on Engine.IO sessions that have not authenticated yet, and each socket's subscriptions. A socket
+//! holds a place among the server's connections (`admission`) like a `/ws` session. Events, as
+//! socketio_pg named and shaped them:
 //!
 //! - server → `server_hello {client}` on connect;
 //! - `subscribe {channel}` → `subscribed {channel}`; then `event {channel, payload}` per NOTIFY, the
@@ -16,7 +16,7 @@
 //! - anything wrong → `error {message}`, and nothing else changes.
 //!
 //! It does not LISTEN itself (`channels` counts subscriptions, `listener` applies them) and does not run
-//! guests (`pipeline`); it is where both end up for socket.io clients.
+//! guests (`workers`) or emit deliveries (`rooms`).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
-use futures_util::FutureExt as _;
 use serde_json::Value;
 use socketioxide::extract::{Event, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler as _;
@@ -33,77 +32,25 @@ use socketioxide::SocketIo;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthError, Authenticator, Identity};
-use crate::channels::{ChannelName, Channels};
-use crate::envelope::{JsonBody, TenantId, Topic};
+use crate::admission::{Admission, Ticket};
+use crate::auth::{Credentials, Identity, IdentityRules};
+use crate::channels::{ChannelName, Channels, SubscribeError};
+use crate::envelope::{JsonBody, Topic};
 use crate::guest::Authorization;
 use crate::metrics as m;
-use crate::pipeline::{ClientOutcome, Workers};
 use crate::publisher::{Publisher, RateLimit, MAX_PAYLOAD};
-
-/// Channels one socket may hold at once.
-const MAX_SUBSCRIPTIONS: usize = 256;
-
-/// The socket.io NOTIFY payload as the JSON a guest sees: the text itself when it is JSON, otherwise
-/// the text as a JSON string (socketio_pg delivered non-JSON payloads, including the empty one, as
-/// plain strings).
-pub fn payload_body(payload: &str) -> JsonBody {
-    JsonBody::parse(payload).unwrap_or_else(|_| JsonBody::string(payload))
-}
-
-/// Handle the pipeline's workers emit through.
-#[derive(Clone)]
-pub struct Rooms {
-    io: SocketIo,
-}
-
-impl Rooms {
-    /// Emits `event {channel, payload}` to `tenant`'s sockets subscribed to `channel`.
-    pub fn deliver(&self, tenant: &TenantId, channel: &str, body: &JsonBody) {
-        let Ok(payload) = serde_json::from_str::<Value>(body.as_str()) else {
-            return;
-        };
-        let data = serde_json::json!({ "channel": channel, "payload": payload });
-        // socketioxide's in-process adapter completes a broadcast before returning (its future is
-        // `ready`), so polling it once on this worker thread is the whole send, in order.
-        let sent = self
-            .io
-            .to(room(tenant, channel))
-            .emit("event", &data)
-            .now_or_never();
-        match sent {
-            Some(Ok(())) => metrics::counter!(m::SOCKETIO_EVENTS).increment(1),
-            Some(Err(e)) => {
-                metrics::counter!(m::SOCKETIO_SEND_FAILURES).increment(1);
-                tracing::debug!(%tenant, channel, error = %e, "socket.io emit reached not every socket");
-            }
-            None => {
-                tracing::error!(%tenant, channel, "socket.io broadcast did not complete at once")
-            }
-        }
-    }
-
-    /// Disconnects every socket.io client (server shutdown); their disconnect handlers release their
-    /// channels.
-    pub async fn close(&self) {
-        self.io.close().await;
-    }
-}
-
-/// The room of one tenant's subscribers to one channel. Tenant names cannot contain `:`, so the
-/// first `:` ends the tenant.
-fn room(tenant: &TenantId, channel: &str) -> String {
-    format!("{tenant}:{channel}")
-}
+use crate::rooms::{room, Rooms};
+use crate::workers::{ClientOutcome, Workers};
 
 /// What the socket.io handlers need.
 pub struct SocketIoContext {
-    pub auth: Option<Arc<Authenticator>>,
-    pub insecure_tenant_param: bool,
-    /// Clients without a token connect as this tenant, with every channel (socketio_pg's behaviour).
-    pub anonymous_tenant: Option<TenantId>,
+    /// Who may connect: the same rule as `/ws`, plus the anonymous tenant (socketio_pg's behaviour).
+    pub identity_rules: IdentityRules,
+    pub admission: Arc<Admission>,
     /// `test_pub` for every client, not only `rw` tokens (development).
     pub test_pub: bool,
+    /// Channels one socket may hold at once.
+    pub max_channels: usize,
     pub channels: Arc<Channels>,
     pub workers: Workers,
     pub publisher: Arc<Publisher>,
@@ -111,17 +58,116 @@ pub struct SocketIoContext {
     pub publish_rate: f64,
     pub publish_burst: f64,
     pub shutdown: CancellationToken,
+    pub handshakes: Arc<Handshakes>,
 }
 
 /// The socketioxide layer (mount it on the router) and the [`Rooms`] handle for the workers. The
 /// namespace is attached later with [`attach`], once the workers exist. `queue_len` packets may wait
-/// for one socket; `read_buffer` is its WebSocket read buffer (small keeps idle sockets cheap).
-pub fn layer(queue_len: usize, read_buffer: usize) -> (SocketIoLayer, Rooms) {
+/// for one socket; `read_buffer` is its WebSocket read buffer (small keeps idle sockets cheap);
+/// `connect_timeout` is how long an Engine.IO session may go without connecting to the namespace.
+pub fn layer(
+    queue_len: usize,
+    read_buffer: usize,
+    connect_timeout: Duration,
+) -> (SocketIoLayer, Rooms) {
     let (layer, io) = SocketIo::builder()
         .max_buffer_size(queue_len.max(16))
         .ws_read_buffer_size(read_buffer.max(256))
+        .connect_timeout(connect_timeout)
         .build_layer();
-    (layer, Rooms { io })
+    (layer, Rooms::new(io))
+}
+
+/// Engine.IO sessions opened without a token, still waiting for their connect packet (where a
+/// socket.io 3+/python client sends its token). Each holds memory until it connects or its connect
+/// timeout closes it, so at most `cap` may wait at once.
+pub struct Handshakes {
+    rules: IdentityRules,
+    cap: usize,
+    timeout: Duration,
+    /// When each waiting session's connect timeout ends, oldest first.
+    waiting: std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>,
+}
+
+impl Handshakes {
+    pub fn new(rules: IdentityRules, cap: usize, timeout: Duration) -> Self {
+        Handshakes {
+            rules,
+            cap,
+            timeout,
+            waiting: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Takes a place for a session without a token, unless all are taken.
+    fn wait(&self) -> bool {
+        let now = std::time::Instant::now();
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        while waiting.front().is_some_and(|end| *end <= now) {
+            waiting.pop_front();
+        }
+        if waiting.len() >= self.cap {
+            return false;
+        }
+        waiting.push_back(now + self.timeout);
+        true
+    }
+
+    /// A session that came without a token has connected: its place is free.
+    fn connected(&self) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front();
+    }
+}
+
+/// Guards new Engine.IO sessions (requests to `/socket.io/` without a `sid`): a token sent with the
+/// handshake is checked at once, and sessions without one are capped.
+pub async fn guard_handshakes(
+    axum::extract::State(handshakes): axum::extract::State<Arc<Handshakes>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let new_session = request.uri().path().starts_with("/socket.io")
+        && !form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+            .any(|(k, _)| k == "sid");
+    if !new_session {
+        return next.run(request).await;
+    }
+    let query = request.uri().query().unwrap_or("");
+    let credentials = Credentials {
+        authorization: request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        token: form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned()),
+        tenant: None,
+    };
+    let status = axum::http::StatusCode::UNAUTHORIZED;
+    if credentials.authorization.is_some() || credentials.token.is_some() {
+        if let Err(r) = crate::auth::identify(&credentials, &handshakes.rules) {
+            metrics::counter!(m::SOCKETIO_HANDSHAKES_REFUSED, "reason" => r.reason).increment(1);
+            return (status, format!("{}\n", r.message)).into_response();
+        }
+    } else if !handshakes.wait() {
+        metrics::counter!(m::SOCKETIO_HANDSHAKES_REFUSED, "reason" => "too_many_pending")
+            .increment(1);
+        tracing::warn!(
+            cap = handshakes.cap,
+            "socket.io handshake refused: too many sessions waiting to authenticate"
+        );
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too many socket.io sessions waiting to authenticate; try again shortly\n",
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// Serves the default namespace: authentication as a connect middleware, then the events.
@@ -132,8 +178,8 @@ pub fn attach(rooms: &Rooms, ctx: Arc<SocketIoContext>) {
     let admit = move |s: SocketRef, auth: TryData<Value>| {
         let ctx = ctx.clone();
         async move {
-            let identity = authenticate(&ctx, &s, auth.0.ok()).await?;
-            serve(ctx, &s, identity);
+            let (identity, ticket) = authenticate(&ctx, &s, auth.0.ok()).await?;
+            serve(ctx, &s, identity, ticket);
             Ok::<(), Refused>(())
         }
     };
@@ -148,7 +194,7 @@ pub fn attach(rooms: &Rooms, ctx: Arc<SocketIoContext>) {
         let _ = s.emit("server_hello", &serde_json::json!({ "client": client }));
         std::future::ready(())
     };
-    rooms.io.ns("/", hello.with(admit));
+    rooms.io().ns("/", hello.with(admit));
 }
 
 /// A connection refused: the reason goes to logs and metrics, the message to the client's
@@ -165,20 +211,21 @@ fn refuse(reason: &'static str, message: String) -> Refused {
     Refused { message }
 }
 
-fn query_param<'a>(s: &'a SocketRef, name: &str) -> Option<&'a str> {
-    s.req_parts().uri.query()?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == name).then_some(v)
-    })
+/// A query parameter of the request that opened the socket, percent-decoded.
+fn query_param(s: &SocketRef, name: &str) -> Option<String> {
+    let query = s.req_parts().uri.query()?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
-/// Finds and verifies the client's token (or applies the development rules) and asks the tenant
-/// guest's authorize hook.
+/// Identifies the client by the one identity rule, takes its place among connections, and asks the
+/// tenant guest's authorize hook.
 async fn authenticate(
     ctx: &SocketIoContext,
     s: &SocketRef,
     auth: Option<Value>,
-) -> Result<Identity, Refused> {
+) -> Result<(Identity, Ticket), Refused> {
     if ctx.shutdown.is_cancelled() {
         return Err(refuse("shutting_down", "server is shutting down".into()));
     }
@@ -188,51 +235,27 @@ async fn authenticate(
             .and_then(Value::as_str)
             .map(str::to_owned)
     };
-    let header = s
-        .req_parts()
-        .headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_owned());
-    let token = from_auth("token")
-        .or(header)
-        .or_else(|| query_param(s, "token").map(str::to_owned));
-    let tenant_param = from_auth("tenant").or_else(|| query_param(s, "tenant").map(str::to_owned));
-
-    let identity = match (token, &ctx.auth) {
-        (Some(token), Some(auth)) => auth
-            .verify(&token)
-            .map_err(|e| refuse(e.reason(), e.to_string()))?,
-        (Some(_), None) => {
-            return Err(refuse(
-                "tokens_disabled",
-                "this server accepts no tokens (no --jwt-secret or --jwt-public-key)".into(),
-            ))
-        }
-        (None, _) if ctx.insecure_tenant_param && tenant_param.is_some() => {
-            let name = tenant_param.unwrap_or_default();
-            let tenant = TenantId::parse(&name)
-                .map_err(|e| refuse("invalid_tenant", format!("invalid tenant name: {e}")))?;
-            Identity::insecure(tenant)
-        }
-        (None, _) => match &ctx.anonymous_tenant {
-            Some(tenant) => Identity::insecure(tenant.clone()),
-            None if ctx.insecure_tenant_param => {
-                return Err(refuse(
-                    "missing_tenant",
-                    "no token and no tenant: connect with auth {token}, auth {tenant} or ?tenant=<name>"
-                        .into(),
-                ))
-            }
-            None => {
-                return Err(refuse(
-                    AuthError::Missing.reason(),
-                    "no token: connect with auth {token} or ?token=<token>".into(),
-                ))
-            }
-        },
+    let credentials = Credentials {
+        authorization: s
+            .req_parts()
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        token: from_auth("token").or_else(|| query_param(s, "token")),
+        tenant: from_auth("tenant").or_else(|| query_param(s, "tenant")),
     };
+    let checked_at_handshake =
+        credentials.authorization.is_some() || query_param(s, "token").is_some();
+    let identity = crate::auth::identify(&credentials, &ctx.identity_rules)
+        .map_err(|r| refuse(r.reason, r.message))?;
+    if !checked_at_handshake {
+        ctx.handshakes.connected();
+    }
+    let ticket = ctx
+        .admission
+        .admit(&identity.tenant)
+        .map_err(|e| refuse(e.reason(), e.to_string()))?;
     let verdict = ctx
         .workers
         .authorize(&identity, identity.channel_list())
@@ -240,7 +263,7 @@ async fn authenticate(
     if let Authorization::Deny(reason) = verdict {
         return Err(refuse("guest_denied", format!("denied: {reason}")));
     }
-    Ok(identity)
+    Ok((identity, ticket))
 }
 
 /// One connected socket's state.
@@ -252,6 +275,8 @@ struct Member {
     gone: CancellationToken,
     /// The `test_pub` rate limit.
     published: std::sync::Mutex<RateLimit>,
+    /// The socket's place among connections, given back when it disconnects.
+    ticket: std::sync::Mutex<Option<Ticket>>,
 }
 
 /// A client request, queued in arrival order.
@@ -270,22 +295,25 @@ const MAX_PENDING_REQUESTS: usize = 64;
 /// in either order. Here the handlers only queue the request (synchronously, in arrival order) and
 /// one task per socket answers them one after another: `subscribe` then `test_pub` sent without
 /// waiting still subscribe first.
-fn serve(ctx: Arc<SocketIoContext>, s: &SocketRef, identity: Identity) {
+fn serve(ctx: Arc<SocketIoContext>, s: &SocketRef, identity: Identity, ticket: Ticket) {
     metrics::counter!(m::SOCKETIO_CONNECTIONS).increment(1);
     tracing::debug!(tenant = %identity.tenant, protocol = ?s.protocol(), "socket.io client admitted");
     let member = Arc::new(Member {
         subscribed: Mutex::new(HashSet::new()),
         gone: CancellationToken::new(),
         published: std::sync::Mutex::new(RateLimit::new(ctx.publish_rate, ctx.publish_burst)),
+        ticket: std::sync::Mutex::new(Some(ticket)),
         identity,
     });
     if let Some(exp) = member.identity.expires_at {
         let (s, gone) = (s.clone(), member.gone.clone());
         tokio::spawn(async move {
-            let left = exp.saturating_sub(jsonwebtoken::get_current_timestamp());
+            let left = exp
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
             tokio::select! {
                 _ = gone.cancelled() => {}
-                _ = tokio::time::sleep(Duration::from_secs(left)) => {
+                _ = tokio::time::sleep(left) => {
                     let _ = s.emit("error", &message("token expired"));
                     let _ = s.disconnect();
                 }
@@ -343,6 +371,11 @@ fn serve(ctx: Arc<SocketIoContext>, s: &SocketRef, identity: Identity) {
         let (ctx, member) = (ctx.clone(), member.clone());
         async move {
             member.gone.cancel();
+            member
+                .ticket
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
             let subscribed = std::mem::take(&mut *member.subscribed.lock().await);
             for channel in subscribed {
                 release(&ctx, &member.identity, &s, &channel);
@@ -432,23 +465,28 @@ async fn subscribe(
     if subscribed.contains(&channel) {
         return Ok(channel.to_string());
     }
-    if subscribed.len() >= MAX_SUBSCRIPTIONS {
+    if subscribed.len() >= ctx.max_channels {
         return Err(format!(
-            "too many subscriptions: at most {MAX_SUBSCRIPTIONS} channels per connection"
+            "too many subscriptions: at most {} channels per connection",
+            ctx.max_channels
         ));
     }
     // In the room before the LISTEN is confirmed, so the first NOTIFY after `subscribed` finds it.
-    s.join(room(&identity.tenant, channel.as_str()));
+    let room = room(&identity.tenant, channel.as_str());
+    s.join(room.clone());
     subscribed.insert(channel.clone());
-    if ctx
-        .channels
-        .subscribe(&identity.tenant, &channel)
-        .await
-        .is_err()
-    {
-        return Err("server is shutting down".into());
+    match ctx.channels.subscribe(&identity.tenant, &channel).await {
+        Ok(()) => Ok(channel.to_string()),
+        // Counted before the LISTEN was queued, so released with the rest on disconnect.
+        Err(e @ SubscribeError::ListenerGone) => Err(e.to_string()),
+        // Refused before anything was counted: undo the room and the list.
+        Err(e) => {
+            s.leave(room);
+            subscribed.remove(&channel);
+            metrics::counter!(m::LISTEN_LIMITED).increment(1);
+            Err(format!("subscribe {:?} refused: {e}", channel.as_str()))
+        }
     }
-    Ok(channel.to_string())
 }
 
 async fn unsubscribe(
@@ -528,25 +566,4 @@ async fn test_pub(
         .map_err(|e| format!("test_pub failed: {e}"))?;
     metrics::counter!(m::CLIENT_PUBLISHES, "outcome" => "published").increment(1);
     Ok(channel.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payloads_become_json_like_socketio_pg() {
-        assert_eq!(payload_body(r#"{"a":1}"#).as_str(), r#"{"a":1}"#);
-        assert_eq!(payload_body("42").as_str(), "42");
-        assert_eq!(payload_body("[1,2]").as_str(), "[1,2]");
-        assert_eq!(payload_body("hello").as_str(), r#""hello""#);
-        assert_eq!(payload_body("").as_str(), r#""""#);
-        assert_eq!(payload_body("say \"hi\"").as_str(), r#""say \"hi\"""#);
-    }
-
-    #[test]
-    fn rooms_are_per_tenant() {
-        let a = TenantId::parse("a").expect("a");
-        assert_eq!(room(&a, "x:y"), "a:x:y");
-    }
 }

@@ -1,10 +1,10 @@
 //! Who a connecting client is, decided before the WebSocket upgrade.
 //!
-//! Owns the `/ws` route: finds the token (header, query or subprotocol), verifies it (`auth`) or
-//! applies the development `?tenant=` rule, asks the tenant guest's authorize hook, picks the protocol
-//! (pgws.v1 or pgws's), checks topics and session limits, registers the session with the hub before the
-//! 101 goes out, and hands the socket to `session`. Every refusal is an HTTP status with a reason,
-//! logged and counted, never a panic.
+//! Owns the `/ws` route: gathers the client's credentials (header, query or subprotocol) for the one
+//! identity rule (`auth::identify`), asks the tenant guest's authorize hook, picks the protocol
+//! (pgws.v1 or pgws's), checks topics and connection limits, registers the session with the hub
+//! before the 101 goes out, and hands the socket to `session`. Every refusal is an HTTP status with a
+//! reason, logged and counted, never a panic.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -18,11 +18,12 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{AuthError, Authenticator, Identity, TOKEN_PROTOCOL_PREFIX};
-use crate::envelope::{TenantId, Topic};
+use crate::admission::Admission;
+use crate::auth::{Credentials, IdentityRules, TOKEN_PROTOCOL_PREFIX};
+use crate::envelope::Topic;
 use crate::frame::FrameFormat;
 use crate::guest::Authorization;
-use crate::hub::{Hub, LimitReached, TopicFilter};
+use crate::hub::{Hub, TopicFilter};
 use crate::metrics as m;
 use crate::protocol;
 use crate::session::{Protocol, Session, SessionContext};
@@ -31,10 +32,12 @@ use crate::session::{Protocol, Session, SessionContext};
 #[derive(Clone)]
 pub struct Upgrades {
     pub hub: Arc<Hub>,
+    pub admission: Arc<Admission>,
     /// Frame shape for sessions that do not choose pgws.v1.
     pub frame: FrameFormat,
-    pub insecure_tenant_param: bool,
-    pub auth: Option<Arc<Authenticator>>,
+    pub identity_rules: IdentityRules,
+    /// Most topics one session may take (`?topics=` or pgws.v1 subscriptions).
+    pub max_topics: usize,
     pub ctx: Arc<SessionContext>,
     pub ws_read_buffer: usize,
     pub max_client_message: usize,
@@ -85,69 +88,25 @@ fn offered_protocols(upgrade: &WebSocketUpgrade) -> Vec<String> {
         .collect()
 }
 
-/// The token from `Authorization: Bearer`, `?token=`, or a `bearer.<token>` subprotocol, in that order.
-fn find_token<'a>(
-    headers: &'a HeaderMap,
-    params: &'a HashMap<String, String>,
-    offered: &'a [String],
-) -> Option<&'a str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .or_else(|| params.get("token").map(String::as_str))
-        .or_else(|| {
-            offered
-                .iter()
-                .find_map(|p| p.strip_prefix(TOKEN_PROTOCOL_PREFIX))
-        })
-}
-
-/// Who is connecting, or the refusal to send.
-fn identify(
-    app: &Upgrades,
+/// What the client presented: the `Authorization` header, `?token=` or a `bearer.<token>`
+/// subprotocol, and `?tenant=`.
+fn credentials(
     headers: &HeaderMap,
     params: &HashMap<String, String>,
     offered: &[String],
-) -> Result<Identity, Refusal> {
-    match (find_token(headers, params, offered), &app.auth) {
-        (Some(token), Some(auth)) => auth.verify(token).map_err(|e| {
-            refuse(StatusCode::UNAUTHORIZED, e.reason(), e.to_string())
+) -> Credentials {
+    Credentials {
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        token: params.get("token").cloned().or_else(|| {
+            offered
+                .iter()
+                .find_map(|p| p.strip_prefix(TOKEN_PROTOCOL_PREFIX))
+                .map(str::to_owned)
         }),
-        (Some(_), None) if !app.insecure_tenant_param => Err(refuse(
-            StatusCode::UNAUTHORIZED,
-            "tokens_disabled",
-            "this server accepts no tokens (no --jwt-secret or --jwt-public-key)".into(),
-        )),
-        (_, _) if app.insecure_tenant_param => match params.get("tenant") {
-            Some(name) => TenantId::parse(name).map(Identity::insecure).map_err(|e| {
-                refuse(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_tenant",
-                    format!("invalid tenant name: {e}"),
-                )
-            }),
-            None => Err(refuse(
-                StatusCode::UNAUTHORIZED,
-                "missing_tenant",
-                "no tenant: connect with /ws?tenant=<name> or a token".into(),
-            )),
-        },
-        (None, Some(_)) => Err(refuse(
-            StatusCode::UNAUTHORIZED,
-            AuthError::Missing.reason(),
-            AuthError::Missing.to_string(),
-        )),
-        (_, None) => Err(refuse(
-            StatusCode::UNAUTHORIZED,
-            "no_auth",
-            "no way to authenticate: the server accepts no tokens and --insecure-tenant-param is off"
-                .into(),
-        )),
+        tenant: params.get("tenant").cloned(),
     }
 }
 
@@ -173,7 +132,18 @@ async fn ws_handler(
         ));
     }
     let offered = offered_protocols(&upgrade);
-    let identity = identify(&app, &headers, &params, &offered)?;
+    let identity = crate::auth::identify(
+        &credentials(&headers, &params, &offered),
+        &app.identity_rules,
+    )
+    .map_err(|r| {
+        let status = if r.bad_request {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        refuse(status, r.reason, r.message)
+    })?;
     let verdict = app
         .ctx
         .workers
@@ -196,8 +166,15 @@ async fn ws_handler(
             TopicFilter::Only(HashSet::new()),
         )
     } else {
-        let filter = match (params.get("topics"), &identity.topics) {
-            (Some(list), _) => match parse_topics(list) {
+        let filter = match params.get("topics") {
+            Some(list) => match parse_topics(list) {
+                Ok(topics) if topics.len() > app.max_topics => {
+                    return Err(refuse(
+                        StatusCode::BAD_REQUEST,
+                        "too_many_topics",
+                        format!("at most {} topics per connection", app.max_topics),
+                    ))
+                }
                 Ok(topics) => {
                     if let Some(t) = topics.iter().find(|t| !identity.allows(t)) {
                         return Err(refuse(
@@ -216,8 +193,7 @@ async fn ws_handler(
                     ))
                 }
             },
-            (None, None) => TopicFilter::All,
-            (None, Some(patterns)) => TopicFilter::Matching(patterns.clone()),
+            None => TopicFilter::Matching(identity.topics.clone()),
         };
         (Protocol::Legacy, app.frame, filter)
     };
@@ -233,16 +209,11 @@ async fn ws_handler(
 
     // Registered before the 101 goes out, so a message published right after the client sees the
     // upgrade already has somewhere to go.
-    let registration = app
-        .hub
-        .register(&identity.tenant, format, filter)
-        .map_err(|e| {
-            let reason = match e {
-                LimitReached::Total(_) => "server_full",
-                LimitReached::Tenant(_) => "tenant_full",
-            };
-            refuse(StatusCode::SERVICE_UNAVAILABLE, reason, e.to_string())
-        })?;
+    let ticket = app
+        .admission
+        .admit(&identity.tenant)
+        .map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, e.reason(), e.to_string()))?;
+    let registration = app.hub.register(ticket, &identity.tenant, format, filter);
     let session = Session {
         registration,
         identity,

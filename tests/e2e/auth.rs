@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::harness::guests::{guest_dir, rust_guest};
 use crate::harness::{listen, notify, spawn_app, Client, PATIENCE};
 
-const SECRET: &str = "test-secret-of-some-length";
+const SECRET: &str = "test-secret-of-some-length-0123456789";
 
 fn now() -> u64 {
     jsonwebtoken::get_current_timestamp()
@@ -177,8 +177,10 @@ async fn clients_publish_into_postgres_as_their_tenant() -> anyhow::Result<()> {
     let (server, _sql) = spawn_app(&args).await?;
     let (_listener, mut seen) = listen(&server_url(&server), "pgwebsocket").await?;
 
-    let writer = token(json!({"tenant": "a", "exp": now() + 600, "mode": "rw", "sub": "ann"}));
-    let reader = token(json!({"tenant": "a", "exp": now() + 600}));
+    let writer = token(
+        json!({"tenant": "a", "exp": now() + 600, "mode": "rw", "sub": "ann", "topics": ["chat"]}),
+    );
+    let reader = token(json!({"tenant": "a", "exp": now() + 600, "topics": ["chat"]}));
     let proto_w = format!("bearer.{writer}");
     let proto_r = format!("bearer.{reader}");
     let mut w = Client::connect_with(&server.ws_url(""), &["pgws.v1", &proto_w], &[]).await?;
@@ -203,7 +205,9 @@ async fn clients_publish_into_postgres_as_their_tenant() -> anyhow::Result<()> {
 
     // The guest's rejection goes back to the sender; nothing reaches Postgres.
     let no = w
-        .request(json!({"type": "publish", "data": {"text": "buy SPAM now"}, "ref": 2}))
+        .request(
+            json!({"type": "publish", "topic": "chat", "data": {"text": "buy SPAM now"}, "ref": 2}),
+        )
         .await?;
     assert_eq!(no["type"], "error");
     assert_eq!(no["code"], "rejected");

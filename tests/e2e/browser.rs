@@ -111,14 +111,16 @@ async fn demo_page_in_headless_chromium() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn socket_test_page_in_headless_chromium() -> anyhow::Result<()> {
     use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-    let (server, sql) = crate::harness::spawn_app(&["--jwt-secret", "page-secret"]).await?;
+    let (server, sql) =
+        crate::harness::spawn_app(&["--jwt-secret", "page-secret-page-secret-page-secret-0"])
+            .await?;
     let token = encode(
         &Header::new(Algorithm::HS256),
         &serde_json::json!({
             "tenant": "web", "channels": ["foo"], "mode": "rw",
             "exp": jsonwebtoken::get_current_timestamp() + 600,
         }),
-        &EncodingKey::from_secret(b"page-secret"),
+        &EncodingKey::from_secret(b"page-secret-page-secret-page-secret-0"),
     )?;
     let (_listener, mut seen) = listen(server.database_url(), "foo").await?;
     let shot = artifacts().join("socket-test-page.png");

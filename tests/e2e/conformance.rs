@@ -54,7 +54,10 @@ async fn every_language_passes_the_conformance_table() -> anyhow::Result<()> {
                 let module = runtime
                     .compile(&bytes)
                     .map_err(|e| anyhow::anyhow!("{language}/{guest}: {e}"))?;
-                instances.insert(guest.clone(), GuestInstance::new(&runtime, &module, "t")?);
+                instances.insert(
+                    guest.clone(),
+                    GuestInstance::new(&runtime, &module, "t").await?,
+                );
             }
             let instance = instances.get_mut(&guest).expect("instance");
             let body = case["body"].to_string();
@@ -66,6 +69,7 @@ async fn every_language_passes_the_conformance_table() -> anyhow::Result<()> {
             };
             let got = instance
                 .on_notify(&runtime, &n)
+                .await
                 .map(|v| as_json(&v))
                 .unwrap_or_else(|e| json!({ "failed": e.to_string() }));
             if got != case["expect"] {

@@ -21,7 +21,10 @@ async fn starts_a_private_postgres_without_database_url() -> anyhow::Result<()> 
         ("PGWS_EMBEDDED_DIR", dir_s.as_str()),
         ("PGWS_EMBEDDED_PORT", port.as_str()),
     ];
-    let url = format!("postgresql://postgres@127.0.0.1:{port}/postgres");
+    let url = format!(
+        "host={}/socket port={port} user=postgres dbname=postgres",
+        dir.display()
+    );
 
     let mut server =
         Server::launch(&url, &["--insecure-tenant-param", "--frame", "raw"], &env).await?;
@@ -43,6 +46,16 @@ async fn starts_a_private_postgres_without_database_url() -> anyhow::Result<()> 
     let (status, module) = server.get("/client/pgws-client.js").await?;
     assert_eq!(status, 200);
     assert!(module.contains("export class PgwsClient"));
+    // Only the private socket serves: no TCP port, and a directory no other user may enter.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>()?)).is_err(),
+        "the embedded PostgreSQL listens on no TCP port"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("socket"))?.permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "socket directory mode {mode:o}");
+    }
     let sql = connect(&url).await?;
     sql.batch_execute("CREATE TABLE kept (v int); INSERT INTO kept VALUES (42);")
         .await?;

@@ -12,7 +12,7 @@ use crate::harness::guests::{guest_dir, rust_guest};
 use crate::harness::socketio::{node_tools, Kind, SioClient, KINDS};
 use crate::harness::{notify_on, spawn_app, PATIENCE};
 
-const SECRET: &str = "socket-io-test-secret";
+const SECRET: &str = "socket-io-test-secret-0123456789abcdef";
 const QUIET: Duration = Duration::from_millis(500);
 
 fn token(claims: Value) -> String {

@@ -7,6 +7,9 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "pgws:guest/gatekeeper",
+    // Exports are called async so a guest can yield its thread at every epoch tick; the one
+    // import (`log`) is a plain host function.
+    exports: { default: async },
 });
 
 pub use self::pgws::guest::log::{Host as LogHost, Level as LogLevel};

@@ -6,7 +6,7 @@
 //! - `registry`: which module serves which tenant, swapped atomically, with one version of history;
 //! - `watch`: follows the guest directory and reloads what changed.
 //!
-//! Nothing here knows about sockets or Postgres; the pipeline calls in with one notification at a time.
+//! Nothing here knows about sockets or Postgres; the workers call in with one notification at a time.
 
 mod bindings;
 mod instance;
@@ -19,6 +19,6 @@ pub use bindings::{
 };
 pub use instance::{CallFailure, GuestInstance};
 pub(crate) use registry::count_failure;
-pub use registry::{GuestInfo, GuestRegistry, GuestTarget, DEFAULT_GUEST};
+pub use registry::{GuestInfo, GuestRegistry, GuestTarget, Lookup, Refusal, DEFAULT_GUEST};
 pub use runtime::{GuestLimits, GuestModule, GuestRuntime, LoadError};
 pub use watch::watch_dir;

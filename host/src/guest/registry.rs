@@ -1,16 +1,26 @@
 //! Which guest serves which tenant, and the history needed to roll a swap back.
 //!
-//! Owns the tenant → [`GuestModule`] map, the default guest, and each entry's previous version.
-//! Replacing an entry is one pointer swap under a short write lock, so a message already handed to the
-//! old module finishes on it and the next one sees the new module. Compiling happens before the lock is
-//! taken, so a slow or bad component never blocks the message path, and a bad one never replaces a good
-//! one. It does not run guests (`pipeline`) or watch files (`watch`).
+//! Owns the tenant → [`GuestModule`] map, the default guest, each entry's previous version, and the
+//! guests that were meant to serve but were refused. Replacing an entry is one pointer swap under a
+//! short write lock, so a message already handed to the old module finishes on it and the next one
+//! sees the new module. Compiling happens before the lock is taken, so a slow or bad component never
+//! blocks the message path, and a bad one never replaces a good one.
+//!
+//! Fail closed: a guest file that was refused when no earlier version of it serves leaves its target
+//! [`Lookup::NotLoaded`] — the operator asked for a policy that is not running, so the tenant's
+//! messages follow the failure policy instead of passing unfiltered (or through `_default`).
+//!
+//! Two sources change guests, the guest directory and the admin API, and the last change wins
+//! whichever made it: a file is (re)loaded only when its content differs from the content last seen
+//! at that path, so reading a file, touching it or re-saving the same bytes never undoes an admin
+//! upload, and a refused file is refused (and logged) once per distinct content. It does not run
+//! guests (`workers`) or watch files (`watch`).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::runtime::{GuestModule, GuestRuntime, LoadError};
 use crate::envelope::TenantId;
@@ -52,33 +62,61 @@ impl fmt::Display for GuestTarget {
     }
 }
 
-/// A loaded guest and the one it replaced.
+/// A loaded guest, the one it replaced, or why the one meant to serve was refused.
+#[derive(Default)]
 struct Entry {
-    current: Arc<GuestModule>,
+    current: Option<Arc<GuestModule>>,
     previous: Option<Arc<GuestModule>>,
+    /// Set while no version serves because the last file given was refused.
+    refused: Option<Refusal>,
+}
+
+/// A guest file that could not be loaded while nothing else served its target.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Refusal {
+    pub version: String,
+    pub error: String,
+}
+
+/// Who serves a tenant's messages.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// This guest.
+    Guest(Arc<GuestModule>),
+    /// A guest was meant to, but its file was refused and no earlier version exists: fail closed.
+    NotLoaded,
+    /// No guest at all: messages pass unchanged.
+    None,
 }
 
 /// One row of [`GuestRegistry::list`].
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GuestInfo {
     pub guest: String,
-    pub version: String,
-    pub bytes: usize,
+    /// `serving`, or `not_loaded` (its file was refused; its messages follow the failure policy).
+    pub state: &'static str,
+    pub version: Option<String>,
+    pub bytes: Option<usize>,
     /// Unix time, in seconds.
-    pub loaded_at: u64,
-    pub compile_ms: u64,
+    pub loaded_at: Option<u64>,
+    pub compile_ms: Option<u64>,
     /// Failed calls (traps, timeouts, caps) of this version.
     pub failures: u64,
     pub previous_version: Option<String>,
     pub hooks: Vec<&'static str>,
+    /// Why the guest file was refused, while nothing serves.
+    pub refused: Option<Refusal>,
 }
 
-/// The live mapping from tenants to guests, shared by the pipeline workers.
+/// The live mapping from tenants to guests, shared by the workers.
 pub struct GuestRegistry {
     runtime: GuestRuntime,
     /// Read once per message, written only on a swap: an uncontended read lock costs less than the
     /// guest call it precedes.
     guests: RwLock<HashMap<GuestTarget, Entry>>,
+    /// Digest of the content last seen at each guest file, loaded or refused. Bounded by the guest
+    /// files of one directory.
+    seen_files: Mutex<HashMap<PathBuf, String>>,
 }
 
 impl GuestRegistry {
@@ -86,6 +124,7 @@ impl GuestRegistry {
         GuestRegistry {
             runtime,
             guests: RwLock::default(),
+            seen_files: Mutex::default(),
         }
     }
 
@@ -93,19 +132,41 @@ impl GuestRegistry {
         &self.runtime
     }
 
-    /// The guest serving `tenant`: its own, else the default, else none (forward unchanged).
-    pub fn lookup(&self, tenant: &TenantId) -> Option<Arc<GuestModule>> {
-        let guests = self.guests.read().unwrap_or_else(|e| e.into_inner());
-        guests
-            .get(&GuestTarget::Tenant(tenant.clone()))
-            .or_else(|| guests.get(&GuestTarget::Default))
-            .map(|e| e.current.clone())
+    /// Who serves `tenant`: its own guest, else the default, else none. A refused guest file of the
+    /// tenant (or, for a tenant without its own, of the default) makes it [`Lookup::NotLoaded`].
+    pub fn lookup(&self, tenant: &TenantId) -> Lookup {
+        let guests = self.read();
+        let own = guests.get(&GuestTarget::Tenant(tenant.clone()));
+        let entry = match own {
+            Some(e) if e.current.is_some() || e.refused.is_some() => Some(e),
+            _ => guests.get(&GuestTarget::Default),
+        };
+        match entry {
+            Some(Entry {
+                current: Some(m), ..
+            }) => Lookup::Guest(m.clone()),
+            Some(Entry {
+                refused: Some(_), ..
+            }) => Lookup::NotLoaded,
+            _ => Lookup::None,
+        }
     }
 
     /// The version currently serving `target` itself (not through the default).
     pub fn current(&self, target: &GuestTarget) -> Option<Arc<GuestModule>> {
-        let guests = self.guests.read().unwrap_or_else(|e| e.into_inner());
-        guests.get(target).map(|e| e.current.clone())
+        self.read().get(target).and_then(|e| e.current.clone())
+    }
+
+    /// Targets whose guest file was refused and that nothing serves.
+    pub fn not_loaded(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .read()
+            .iter()
+            .filter(|(_, e)| e.current.is_none() && e.refused.is_some())
+            .map(|(t, _)| t.to_string())
+            .collect();
+        names.sort();
+        names
     }
 
     /// Compiles `bytes` and, only if that succeeds, makes it serve `target`; the replaced version
@@ -115,88 +176,81 @@ impl GuestRegistry {
         let label = if outcome.is_ok() { "ok" } else { "refused" };
         metrics::counter!(crate::metrics::GUEST_LOADS, "outcome" => label).increment(1);
         let module = Arc::new(outcome?);
-        let mut guests = self.guests.write().unwrap_or_else(|e| e.into_inner());
-        let previous = guests.remove(&target).map(|e| e.current);
-        guests.insert(
-            target,
-            Entry {
-                current: module.clone(),
-                previous,
-            },
-        );
+        let mut guests = self.write();
+        let entry = guests.entry(target).or_default();
+        let replaced = entry.current.replace(module.clone());
+        if replaced.is_some() {
+            entry.previous = replaced;
+        }
+        entry.refused = None;
         Ok(module)
     }
 
-    /// Stops using a guest for `target`. Returns whether there was one.
+    /// Records that the guest file for `target` was refused. Only matters while nothing serves it.
+    fn refuse(&self, target: GuestTarget, refusal: Refusal) {
+        let mut guests = self.write();
+        let entry = guests.entry(target).or_default();
+        if entry.current.is_none() {
+            entry.refused = Some(refusal);
+        }
+    }
+
+    /// Stops using a guest for `target` (and forgets a refusal). Returns whether there was one.
     pub fn remove(&self, target: &GuestTarget) -> bool {
-        let mut guests = self.guests.write().unwrap_or_else(|e| e.into_inner());
-        guests.remove(target).is_some()
+        self.write()
+            .remove(target)
+            .is_some_and(|e| e.current.is_some() || e.refused.is_some())
     }
 
     /// Puts the previous version of `target` back. Returns the version now serving, or `None` if
     /// there is nothing to roll back to.
     pub fn rollback(&self, target: &GuestTarget) -> Option<Arc<GuestModule>> {
-        let mut guests = self.guests.write().unwrap_or_else(|e| e.into_inner());
+        let mut guests = self.write();
         let entry = guests.get_mut(target)?;
         let previous = entry.previous.take()?;
-        entry.previous = Some(std::mem::replace(&mut entry.current, previous));
-        Some(entry.current.clone())
+        entry.previous = entry.current.replace(previous.clone());
+        entry.refused = None;
+        Some(previous)
     }
 
-    /// Every loaded guest, sorted by name.
+    /// Every guest that serves or was refused, sorted by name.
     pub fn list(&self) -> Vec<GuestInfo> {
-        let guests = self.guests.read().unwrap_or_else(|e| e.into_inner());
+        let guests = self.read();
         let mut rows: Vec<GuestInfo> = guests
             .iter()
+            .filter(|(_, e)| e.current.is_some() || e.refused.is_some())
             .map(|(target, e)| {
-                let m = &e.current;
-                let mut hooks = vec!["on-notify"];
-                if m.has_client_handler() {
-                    hooks.push("on-client-message");
-                }
-                if m.has_authorizer() {
-                    hooks.push("authorize");
+                let m = e.current.as_ref();
+                let mut hooks = Vec::new();
+                if let Some(m) = m {
+                    hooks.push("on-notify");
+                    if m.has_client_handler() {
+                        hooks.push("on-client-message");
+                    }
+                    if m.has_authorizer() {
+                        hooks.push("authorize");
+                    }
                 }
                 GuestInfo {
                     guest: target.to_string(),
-                    version: m.version.clone(),
-                    bytes: m.size,
-                    loaded_at: m
-                        .loaded_at
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs()),
-                    compile_ms: m.compile_time.as_millis() as u64,
-                    failures: m.failures.load(Ordering::Relaxed),
+                    state: if m.is_some() { "serving" } else { "not_loaded" },
+                    version: m.map(|m| m.version.clone()),
+                    bytes: m.map(|m| m.size),
+                    loaded_at: m.map(|m| {
+                        m.loaded_at
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs())
+                    }),
+                    compile_ms: m.map(|m| m.compile_time.as_millis() as u64),
+                    failures: m.map_or(0, |m| m.failures.load(Ordering::Relaxed)),
                     previous_version: e.previous.as_ref().map(|p| p.version.clone()),
                     hooks,
+                    refused: e.refused.clone(),
                 }
             })
             .collect();
         rows.sort_by(|a, b| a.guest.cmp(&b.guest));
         rows
-    }
-
-    /// Reads and loads one `<tenant>.wasm` / `_default.wasm` file, unless that exact version already
-    /// serves it. `Ok(None)` for files that are not guests or did not change.
-    pub fn load_file(
-        &self,
-        path: &Path,
-    ) -> Result<Option<(GuestTarget, Arc<GuestModule>)>, LoadError> {
-        let Some(target) = GuestTarget::from_path(path) else {
-            return Ok(None);
-        };
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        if self
-            .current(&target)
-            .is_some_and(|m| m.version == super::runtime::short_digest(&bytes))
-        {
-            return Ok(None);
-        }
-        let module = self.load(target.clone(), &bytes)?;
-        Ok(Some((target, module)))
     }
 
     /// Loads every guest file in `dir`. A bad file is logged and skipped; the rest still load.
@@ -215,21 +269,45 @@ impl GuestRegistry {
         Ok(loaded)
     }
 
-    /// Brings `target` in line with `path`: loads it if it exists (and changed), removes the guest if
-    /// the file is gone. Logs the outcome; returns whether a new version now serves.
+    /// Brings `target` in line with the file at `path` if its content changed since it was last
+    /// seen: loads it if it exists, removes the guest if the file is gone. Logs the outcome; returns
+    /// whether a new version now serves.
     pub fn reload_path(&self, path: &Path) -> bool {
         let Some(target) = GuestTarget::from_path(path) else {
             tracing::debug!(path = %path.display(), "not a guest file; ignored");
             return false;
         };
-        if !path.exists() {
-            if self.remove(&target) {
-                tracing::info!(guest = %target, "guest file removed; guest unloaded");
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let was_seen = self.seen().remove(path).is_some();
+                if was_seen && self.remove(&target) {
+                    tracing::info!(guest = %target, "guest file removed; guest unloaded");
+                }
+                return false;
             }
+            Err(source) => {
+                let error = LoadError::Read {
+                    path: path.to_owned(),
+                    source,
+                };
+                tracing::error!(guest = %target, error = %error, "guest file unreadable; nothing changed");
+                return false;
+            }
+        };
+        let version = super::runtime::short_digest(&bytes);
+        if self
+            .seen()
+            .insert(path.to_owned(), version.clone())
+            .as_ref()
+            == Some(&version)
+        {
+            // Same content as last time (an open, a touch, a re-save): the file made no change, so
+            // whatever the admin API did since stands.
             return false;
         }
-        match self.load_file(path) {
-            Ok(Some((target, module))) => {
+        match self.load(target.clone(), &bytes) {
+            Ok(module) => {
                 tracing::info!(
                     guest = %target,
                     version = %module.version,
@@ -239,17 +317,67 @@ impl GuestRegistry {
                 );
                 true
             }
-            Ok(None) => false,
             Err(e) => {
+                let serving = self.current(&target);
                 tracing::error!(
                     guest = %target,
                     path = %path.display(),
+                    version = %version,
                     error = %e,
-                    "guest refused; the previous version (if any) keeps serving"
+                    serving = serving.as_ref().map_or("nothing (fails closed)", |m| m.version.as_str()),
+                    "guest refused"
+                );
+                self.refuse(
+                    target,
+                    Refusal {
+                        version,
+                        error: e.to_string(),
+                    },
                 );
                 false
             }
         }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, String>> {
+        self.seen_files.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<GuestTarget, Entry>> {
+        self.guests.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The map for a change; the `pgws_guests_not_loaded` gauge is brought up to date when the
+    /// change is done.
+    fn write(&self) -> Written<'_> {
+        Written(self.guests.write().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// The guest map, write-locked; keeps the not-loaded gauge true when released.
+struct Written<'a>(std::sync::RwLockWriteGuard<'a, HashMap<GuestTarget, Entry>>);
+
+impl std::ops::Deref for Written<'_> {
+    type Target = HashMap<GuestTarget, Entry>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Written<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Written<'_> {
+    fn drop(&mut self) {
+        let not_loaded = self
+            .0
+            .values()
+            .filter(|e| e.current.is_none() && e.refused.is_some())
+            .count();
+        metrics::gauge!(crate::metrics::GUESTS_NOT_LOADED).set(not_loaded as f64);
     }
 }
 

@@ -113,7 +113,9 @@ impl GuestRuntime {
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
-            // Async component calls are not used, and enabling them doubles the cost of each call.
+            // Calls are async (so a slow guest yields its thread every tick), but the component
+            // model's own async (tasks, streams) is not used, and enabling it doubles the cost of
+            // each call.
             .concurrency_support(false)
             // A trap is logged as one line naming its cause; frame-by-frame wasm backtraces of
             // stripped guests say nothing more and cost time on every trap.
@@ -127,7 +129,7 @@ impl GuestRuntime {
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::<GuestState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Gatekeeper::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
 
         let weak = engine.weak();
@@ -149,9 +151,10 @@ impl GuestRuntime {
         })
     }
 
-    /// Deadline of one call in epoch ticks (at least one full tick).
-    pub(super) fn deadline_ticks(&self) -> u64 {
-        (self.limits.timeout.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
+    /// Deadline of one call in epoch slices: the guest yields once per tick and is interrupted when
+    /// it has run this many (at least one full tick).
+    pub(super) fn deadline_slices(&self) -> u64 {
+        (self.limits.timeout.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
     }
 
     /// Compiles and checks a component. Slow (milliseconds to seconds): never call it on the message
@@ -178,7 +181,7 @@ impl GuestRuntime {
         };
         // A trial instance catches start functions that trap or memories over the cap before the
         // module is allowed to replace a working one.
-        super::instance::GuestInstance::new(self, &module, "_check")
+        block_on(super::instance::GuestInstance::new(self, &module, "_check"))
             .map_err(LoadError::Instantiate)?;
         Ok(module)
     }
@@ -190,4 +193,24 @@ pub(super) fn short_digest(bytes: &[u8]) -> String {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     });
     format!("{hash:016x}")
+}
+
+/// Drives a future to completion on this thread. For the trial instantiation in [`GuestRuntime::compile`],
+/// which runs off the async runtime (a blocking thread, the watcher); a guest's yields just poll again.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
 }

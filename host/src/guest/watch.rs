@@ -5,7 +5,10 @@
 //! events are gathered until the directory has been quiet for [`QUIET`], and only then is each changed
 //! file read; a file caught half-written fails to compile and is refused (the old version keeps
 //! serving), and the write's last event loads it whole. Renaming a finished file into place is the
-//! cleanest way to deploy. It does not compile or swap guests itself (`registry` does).
+//! cleanest way to deploy. Only events that can change a file's content count (create, data or name
+//! changes, removal); opening or reading a file — the registry's own read included — does not, or
+//! every load would schedule the next one. It does not compile or swap guests itself, nor decide
+//! whether a file changed (`registry` compares content).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -48,7 +51,9 @@ pub fn watch_dir(
                 };
                 match rx.recv_timeout(wait) {
                     Ok(Ok(event)) => {
-                        changed.extend(event.paths);
+                        if can_change_content(&event.kind) {
+                            changed.extend(event.paths);
+                        }
                         continue;
                     }
                     Ok(Err(e)) => {
@@ -69,4 +74,42 @@ pub fn watch_dir(
         })
         .map_err(notify::Error::io)?;
     Ok(())
+}
+
+/// Whether an event may have changed what a path holds. Access (open, read, close without write) and
+/// metadata-only changes cannot.
+fn can_change_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Modify(_) => true,
+        // A file closed after writing is complete: the best moment to read it.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Other => false,
+        EventKind::Any => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, MetadataKind, ModifyKind};
+
+    #[test]
+    fn reads_and_touches_do_not_count_as_changes() {
+        assert!(!can_change_content(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!can_change_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(!can_change_content(&EventKind::Modify(
+            ModifyKind::Metadata(MetadataKind::Any)
+        )));
+        assert!(can_change_content(&EventKind::Create(CreateKind::File)));
+        assert!(can_change_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+    }
 }

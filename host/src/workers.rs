@@ -1,0 +1,791 @@
+//! Guest scheduling: every call into a tenant's guest, with the tenant isolated from every other.
+//!
+//! Owns one *lane* per tenant — a bounded queue of that tenant's jobs, its warm guest instance, its
+//! failure record, its guest-time budget and its delivery stream — and the guest threads that run
+//! lanes. A lane with work has exactly one task, so a tenant's jobs run one at a time in the order
+//! they came (its messages stay in order), while any guest thread may run any tenant. Guest calls are
+//! async and yield their thread every epoch tick, so a slow guest shares the threads instead of
+//! holding one; a tenant that uses more than its guest-time budget in a second waits out the rest of
+//! the second (throttled, counted); a tenant whose queue is full loses only its own messages
+//! (counted, logged once per episode, and its `pgws.v1` clients get a gap notice). Nothing here ever
+//! waits on another tenant: the dispatcher only pushes onto a lane, and a tenant without a guest is
+//! delivered at once, without a lane task.
+//!
+//! This module applies the failure policy (fail closed by default, isolate a guest that keeps
+//! failing, fail closed for a guest that was meant to serve but never loaded). It does not parse
+//! payloads (`dispatch`) or turn verdicts into deliveries (`deliver`).
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::auth::Identity;
+use crate::config::FailurePolicy;
+use crate::deliver::{self, Deliverer, Notify, Outcome, TenantStream};
+use crate::envelope::{JsonBody, TenantId, Topic};
+use crate::guest::{
+    Authorization, CallFailure, ClientMessageRef, ClientVerdict, ConnectionRef, GuestInstance,
+    GuestModule, GuestRegistry, Lookup, Verdict,
+};
+use crate::metrics as m;
+
+/// How guest failures are handled.
+#[derive(Debug, Clone)]
+pub struct FailureRules {
+    pub policy: FailurePolicy,
+    /// Failures in a row after which a guest is isolated.
+    pub max_failures: u32,
+    /// How long an isolated guest is left alone.
+    pub isolation: Duration,
+}
+
+/// How the guest threads share out their time.
+#[derive(Debug, Clone)]
+pub struct Scheduling {
+    /// Threads that run guests.
+    pub threads: usize,
+    /// Jobs one tenant may have waiting; past this its new messages are dropped.
+    pub queue_per_tenant: usize,
+    /// Guest time one tenant may use per second before it is throttled.
+    pub budget_per_sec: Duration,
+}
+
+/// How long a lane keeps its warm instance after its last job. Instances cost memory (a guest's
+/// linear memory, up to `--guest-memory-mb`); a tenant that went quiet gets a fresh one next time.
+const WARM_FOR: Duration = Duration::from_secs(60);
+
+/// What becomes of a message a client published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientOutcome {
+    /// Send this body to Postgres (the original, or the guest's replacement).
+    Accept(JsonBody),
+    /// Refused, with a reason for the client.
+    Reject(String),
+}
+
+/// Work for a tenant's guest.
+enum Job {
+    Notify(Notify),
+    ClientMessage {
+        topic: Option<Topic>,
+        body: JsonBody,
+        reply: oneshot::Sender<ClientOutcome>,
+    },
+    Authorize {
+        topics: Vec<String>,
+        can_publish: bool,
+        claims: String,
+        reply: oneshot::Sender<Authorization>,
+    },
+}
+
+/// Handle on the guest threads, for the dispatcher and for sessions.
+#[derive(Clone)]
+pub struct Workers {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Arc<GuestRegistry>,
+    deliverer: Deliverer,
+    rules: FailureRules,
+    scheduling: Scheduling,
+    /// Every tenant seen, by name. Locked only to find or add a lane, never across a guest call.
+    lanes: Mutex<HashMap<TenantId, Arc<Lane>>>,
+    threads: GuestThreads,
+}
+
+/// The runtime guest calls run on, kept apart from the one that serves sockets so guest time never
+/// delays socket I/O.
+struct GuestThreads(Option<tokio::runtime::Runtime>);
+
+impl GuestThreads {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .map(tokio::runtime::Runtime::handle)
+            .expect("present until dropped")
+    }
+}
+
+impl Drop for GuestThreads {
+    fn drop(&mut self) {
+        // The last handle may go from inside an async task, where a blocking drop would panic.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// One tenant's place in the scheduler.
+struct Lane {
+    tenant: TenantId,
+    stream: TenantStream,
+    state: Mutex<LaneState>,
+}
+
+struct LaneState {
+    jobs: VecDeque<Job>,
+    /// Whether a task is draining `jobs`. At most one per lane.
+    running: bool,
+    /// The guest side of the lane; taken by the draining task while it runs.
+    runner: Option<Runner>,
+    /// Whether messages are being dropped because the queue is full (logged once per episode).
+    overflowing: bool,
+    idle_since: Instant,
+}
+
+impl Lane {
+    fn lock(&self) -> MutexGuard<'_, LaneState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Workers {
+    /// Starts the guest threads. They stop when the last handle is dropped.
+    pub fn start(
+        registry: Arc<GuestRegistry>,
+        deliverer: Deliverer,
+        rules: FailureRules,
+        scheduling: Scheduling,
+    ) -> std::io::Result<Workers> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(scheduling.threads.max(1))
+            .thread_name("pgws-guest")
+            // A lane that just got work is spawned from outside onto the shared queue; checking it
+            // at every scheduling point lets a fast tenant's call start at the next yield of a slow
+            // one instead of after dozens of them.
+            .global_queue_interval(1)
+            .enable_time()
+            .build()?;
+        let inner = Arc::new(Inner {
+            registry,
+            deliverer,
+            rules,
+            scheduling,
+            lanes: Mutex::default(),
+            threads: GuestThreads(Some(runtime)),
+        });
+        inner
+            .threads
+            .handle()
+            .spawn(cool_down(Arc::downgrade(&inner)));
+        Ok(Workers { inner })
+    }
+
+    /// Hands one notification to its tenant. Never waits: a tenant without a guest (and with nothing
+    /// queued) is delivered here and now; otherwise the job joins the tenant's lane, or is dropped
+    /// if that lane is full.
+    pub fn dispatch(&self, n: Notify) {
+        let lane = self.inner.lane(&n.tenant);
+        if matches!(self.inner.registry.lookup(&n.tenant), Lookup::None) {
+            let idle = {
+                let state = lane.lock();
+                !state.running && state.jobs.is_empty()
+            };
+            if idle {
+                let outcome = Outcome::Deliver(vec![n.original()]);
+                self.inner.deliverer.finish(&lane.stream, &n, outcome);
+                return;
+            }
+        }
+        self.inner.submit(&lane, Job::Notify(n));
+    }
+
+    /// Runs a client's message through its tenant's guest (if it has a client-message hook).
+    pub async fn client_message(
+        &self,
+        tenant: &TenantId,
+        topic: Option<Topic>,
+        body: JsonBody,
+    ) -> ClientOutcome {
+        match self.inner.registry.lookup(tenant) {
+            Lookup::None => return ClientOutcome::Accept(body),
+            // Client messages always fail closed: nothing unchecked reaches Postgres.
+            Lookup::NotLoaded => return ClientOutcome::Reject(NOT_LOADED.into()),
+            Lookup::Guest(m) if !m.has_client_handler() => return ClientOutcome::Accept(body),
+            Lookup::Guest(_) => {}
+        }
+        let (reply, answer) = oneshot::channel();
+        let lane = self.inner.lane(tenant);
+        self.inner
+            .submit(&lane, Job::ClientMessage { topic, body, reply });
+        answer
+            .await
+            .unwrap_or_else(|_| ClientOutcome::Reject("server is busy or shutting down".into()))
+    }
+
+    /// Asks the tenant's guest (if it has an authorize hook) whether a connection may proceed.
+    /// `grants` are what the connection may read: topic patterns on `/ws`, channel patterns on
+    /// socket.io.
+    pub async fn authorize(&self, identity: &Identity, grants: Vec<String>) -> Authorization {
+        match self.inner.registry.lookup(&identity.tenant) {
+            Lookup::None => return Authorization::Allow,
+            Lookup::NotLoaded => return self.inner.not_loaded_authorization(),
+            Lookup::Guest(m) if !m.has_authorizer() => return Authorization::Allow,
+            Lookup::Guest(_) => {}
+        }
+        let (reply, answer) = oneshot::channel();
+        let lane = self.inner.lane(&identity.tenant);
+        self.inner.submit(
+            &lane,
+            Job::Authorize {
+                topics: grants,
+                can_publish: identity.can_publish,
+                claims: identity.claims.clone(),
+                reply,
+            },
+        );
+        answer
+            .await
+            .unwrap_or_else(|_| Authorization::Deny("server is busy or shutting down".into()))
+    }
+}
+
+const NOT_LOADED: &str = "the tenant's guest is not loaded (its file was refused)";
+
+impl Inner {
+    fn lane(&self, tenant: &TenantId) -> Arc<Lane> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(lane) = lanes.get(tenant) {
+            return lane.clone();
+        }
+        let lane = Arc::new(Lane {
+            tenant: tenant.clone(),
+            stream: TenantStream::new(tenant),
+            state: Mutex::new(LaneState {
+                jobs: VecDeque::new(),
+                running: false,
+                runner: Some(Runner::new(self.scheduling.budget_per_sec)),
+                overflowing: false,
+                idle_since: Instant::now(),
+            }),
+        });
+        lanes.insert(tenant.clone(), lane.clone());
+        lane
+    }
+
+    fn not_loaded_authorization(&self) -> Authorization {
+        match self.rules.policy {
+            FailurePolicy::Closed => Authorization::Deny(NOT_LOADED.into()),
+            FailurePolicy::Open => Authorization::Allow,
+        }
+    }
+
+    /// Queues `job` on `lane` and makes sure a task drains it; drops it if the lane is full.
+    fn submit(self: &Arc<Self>, lane: &Arc<Lane>, job: Job) {
+        let mut state = lane.lock();
+        if state.jobs.len() >= self.scheduling.queue_per_tenant {
+            let first = !state.overflowing;
+            state.overflowing = true;
+            drop(state);
+            self.overflow(lane, job, first);
+            return;
+        }
+        state.jobs.push_back(job);
+        if !state.running {
+            state.running = true;
+            drop(state);
+            self.threads
+                .handle()
+                .spawn(drain(self.clone(), lane.clone()));
+        }
+    }
+
+    /// A job that found its tenant's queue full: counted, answered, and for messages a gap notice.
+    fn overflow(&self, lane: &Lane, job: Job, first: bool) {
+        metrics::counter!(m::TENANT_QUEUE_DROPS, "tenant" => lane.tenant.to_string()).increment(1);
+        match job {
+            Job::Notify(_) => {
+                if first {
+                    tracing::warn!(
+                        tenant = %lane.tenant,
+                        queue = self.scheduling.queue_per_tenant,
+                        "tenant's guest queue is full; dropping its messages until it catches up"
+                    );
+                    self.deliverer.hub.tenant_gap(
+                        &lane.tenant,
+                        "the tenant's guest fell behind; messages were dropped",
+                    );
+                }
+            }
+            Job::ClientMessage { reply, .. } => {
+                let _ = reply.send(ClientOutcome::Reject(
+                    "server busy: the tenant's guest queue is full".into(),
+                ));
+            }
+            Job::Authorize { reply, .. } => {
+                let _ = reply.send(Authorization::Deny(
+                    "server busy: the tenant's guest queue is full".into(),
+                ));
+            }
+        }
+    }
+
+    /// Runs one job of `lane`'s tenant.
+    async fn run(&self, lane: &Lane, runner: &mut Runner, job: Job) {
+        let tenant = &lane.tenant;
+        let lookup = self.registry.lookup(tenant);
+        match job {
+            Job::Notify(n) => {
+                let outcome = match lookup {
+                    Lookup::None => Outcome::Deliver(vec![n.original()]),
+                    Lookup::NotLoaded => {
+                        metrics::counter!(m::GUEST_FAILURES, "tenant" => tenant.to_string(), "kind" => "not_loaded")
+                            .increment(1);
+                        self.on_failure(&n, "not_loaded", NOT_LOADED.into())
+                    }
+                    Lookup::Guest(module) => match runner.on_notify(self, module, &n).await {
+                        Ok(verdict) => {
+                            let outcome = deliver::apply(verdict, &n);
+                            runner.count(&outcome);
+                            outcome
+                        }
+                        Err(f) => self.on_failure(&n, f.kind, f.detail),
+                    },
+                };
+                self.deliverer.finish(&lane.stream, &n, outcome);
+            }
+            Job::ClientMessage { topic, body, reply } => {
+                let outcome = match lookup {
+                    Lookup::Guest(module) if module.has_client_handler() => {
+                        let message = ClientMessageRef {
+                            tenant: tenant.as_str(),
+                            topic: topic.as_ref().map(Topic::as_str),
+                            body: body.as_str(),
+                        };
+                        match runner
+                            .on_client_message(self, tenant, module, &message)
+                            .await
+                        {
+                            Ok(ClientVerdict::Accept) => ClientOutcome::Accept(body),
+                            Ok(ClientVerdict::Replace(b)) => match JsonBody::from_string(b) {
+                                Ok(b) => ClientOutcome::Accept(b),
+                                Err(e) => ClientOutcome::Reject(format!(
+                                    "guest produced invalid JSON: {e}"
+                                )),
+                            },
+                            Ok(ClientVerdict::Reject(reason)) => ClientOutcome::Reject(reason),
+                            Err(f) => ClientOutcome::Reject(format!("guest failed ({})", f.kind)),
+                        }
+                    }
+                    Lookup::NotLoaded => ClientOutcome::Reject(NOT_LOADED.into()),
+                    _ => ClientOutcome::Accept(body),
+                };
+                let _ = reply.send(outcome);
+            }
+            Job::Authorize {
+                topics,
+                can_publish,
+                claims,
+                reply,
+            } => {
+                let answer = match lookup {
+                    Lookup::Guest(module) if module.has_authorizer() => {
+                        let connection = ConnectionRef {
+                            tenant: tenant.as_str(),
+                            topics,
+                            can_publish,
+                            claims: &claims,
+                        };
+                        runner
+                            .authorize(self, tenant, module, &connection)
+                            .await
+                            .unwrap_or_else(|f| {
+                                Authorization::Deny(format!("guest failed ({})", f.kind))
+                            })
+                    }
+                    Lookup::NotLoaded => self.not_loaded_authorization(),
+                    _ => Authorization::Allow,
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// What a notification whose guest produced nothing usable becomes.
+    fn on_failure(&self, n: &Notify, kind: &'static str, detail: String) -> Outcome {
+        match self.rules.policy {
+            FailurePolicy::Closed => Outcome::Rejected(kind, detail),
+            FailurePolicy::Open => Outcome::Deliver(vec![n.original()]),
+        }
+    }
+}
+
+/// Drains one lane: its jobs one after another, until none is left. Exactly one per lane runs.
+async fn drain(inner: Arc<Inner>, lane: Arc<Lane>) {
+    let runner = lane.lock().runner.take();
+    let mut draining = Draining {
+        runner,
+        inner,
+        lane,
+    };
+    loop {
+        let job = draining.lane.lock().jobs.pop_front();
+        let Some(job) = job else { break };
+        let runner = draining
+            .runner
+            .get_or_insert_with(|| Runner::new(draining.inner.scheduling.budget_per_sec));
+        runner.throttle(&draining.lane.tenant).await;
+        draining.inner.run(&draining.lane, runner, job).await;
+    }
+}
+
+/// Gives the lane back when its task ends — normally, or by panic or runtime shutdown — and starts
+/// another task if jobs arrived after the last look.
+struct Draining {
+    inner: Arc<Inner>,
+    lane: Arc<Lane>,
+    runner: Option<Runner>,
+}
+
+impl Drop for Draining {
+    fn drop(&mut self) {
+        let mut state = self.lane.lock();
+        state.runner = self.runner.take();
+        state.idle_since = Instant::now();
+        if state.jobs.is_empty() {
+            state.running = false;
+            state.overflowing = false;
+        } else {
+            drop(state);
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(drain(self.inner.clone(), self.lane.clone()));
+            }
+        }
+    }
+}
+
+/// Drops the warm instances of tenants that have been quiet for [`WARM_FOR`].
+async fn cool_down(inner: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(WARM_FOR / 2);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let lanes: Vec<Arc<Lane>> = inner
+            .lanes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for lane in lanes {
+            let mut state = lane.lock();
+            if !state.running && state.idle_since.elapsed() >= WARM_FOR {
+                if let Some(slot) = state.runner.as_mut().and_then(|r| r.slot.as_mut()) {
+                    slot.instance = None;
+                }
+            }
+        }
+    }
+}
+
+/// The guest side of a lane: its guest slot and its time budget.
+struct Runner {
+    slot: Option<GuestSlot>,
+    budget: Budget,
+}
+
+/// A guest call that produced nothing usable; its message follows the failure policy.
+struct Failed {
+    kind: &'static str,
+    detail: String,
+}
+
+impl Runner {
+    fn new(budget_per_sec: Duration) -> Self {
+        Runner {
+            slot: None,
+            budget: Budget::new(budget_per_sec),
+        }
+    }
+
+    /// Waits out the rest of the second if the tenant used its guest-time budget.
+    async fn throttle(&mut self, tenant: &TenantId) {
+        if let Some(until) = self.budget.exhausted_until(Instant::now()) {
+            metrics::counter!(m::GUEST_THROTTLED, "tenant" => tenant.to_string()).increment(1);
+            tracing::debug!(%tenant, "guest over its time budget; throttled until the next second");
+            tokio::time::sleep_until(until.into()).await;
+        }
+    }
+
+    /// A warm instance of `module` for the next call, unless the guest is isolated or cannot be
+    /// instantiated (that failure is accounted like a failed call).
+    async fn instance(
+        &mut self,
+        inner: &Inner,
+        tenant: &TenantId,
+        module: Arc<GuestModule>,
+    ) -> Result<&mut GuestInstance, Failed> {
+        // The registry is the truth: a slot whose module was replaced starts afresh, so the next
+        // message after a swap runs on the new module.
+        if self
+            .slot
+            .as_ref()
+            .is_some_and(|slot| !Arc::ptr_eq(&slot.module, &module))
+        {
+            self.slot = None;
+        }
+        let slot = self
+            .slot
+            .get_or_insert_with(|| GuestSlot::new(module, tenant));
+        if let Some(until) = slot.isolated_until {
+            if Instant::now() < until {
+                return Err(Failed {
+                    kind: "guest_isolated",
+                    detail: "guest is isolated after repeated failures".into(),
+                });
+            }
+            slot.isolated_until = None;
+            slot.failures = 0;
+            tracing::info!(%tenant, "isolation over; trying the guest again");
+        }
+        if slot.instance.is_none() {
+            let runtime = inner.registry.runtime();
+            let (made, spent) =
+                timed(GuestInstance::new(runtime, &slot.module, tenant.as_str())).await;
+            self.budget.charge(spent);
+            match made {
+                Ok(instance) => {
+                    if let Some(slot) = self.slot.as_mut() {
+                        slot.instance = Some(instance);
+                    }
+                }
+                Err(e) => {
+                    let failure = CallFailure::Instantiate(format!("{e:#}"));
+                    return Err(self.fail(inner, tenant, failure));
+                }
+            }
+        }
+        self.slot
+            .as_mut()
+            .and_then(|slot| slot.instance.as_mut())
+            .ok_or(Failed {
+                kind: "instantiate",
+                detail: "no instance".into(),
+            })
+    }
+
+    /// Accounts one finished call — time, failure record, isolation, logging — and passes its
+    /// result on.
+    fn settle<R>(
+        &mut self,
+        inner: &Inner,
+        tenant: &TenantId,
+        result: Result<R, CallFailure>,
+        spent: Duration,
+    ) -> Result<R, Failed> {
+        self.budget.charge(spent);
+        if let Some(slot) = self.slot.as_mut() {
+            slot.seconds.record(spent.as_secs_f64());
+            if result.is_ok() {
+                slot.failures = 0;
+            }
+        }
+        result.map_err(|failure| self.fail(inner, tenant, failure))
+    }
+
+    /// Records a failed call: the failure count and isolation rule, the metric, and a log line
+    /// with what the guest printed last.
+    fn fail(&mut self, inner: &Inner, tenant: &TenantId, failure: CallFailure) -> Failed {
+        let failed = Failed {
+            kind: failure.kind(),
+            detail: failure.to_string(),
+        };
+        let Some(slot) = self.slot.as_mut() else {
+            return failed;
+        };
+        let printed = slot
+            .instance
+            .as_ref()
+            .map(GuestInstance::take_output)
+            .unwrap_or_default();
+        if failure.poisons_instance() {
+            slot.instance = None;
+        }
+        crate::guest::count_failure(&slot.module);
+        slot.failures += 1;
+        metrics::counter!(m::GUEST_FAILURES, "tenant" => tenant.to_string(), "kind" => failure.kind())
+            .increment(1);
+        tracing::error!(
+            %tenant,
+            version = %slot.module.version,
+            kind = failure.kind(),
+            error = %failure,
+            guest_output = %printed,
+            "guest call failed"
+        );
+        if slot.failures >= inner.rules.max_failures {
+            slot.isolated_until = Some(Instant::now() + inner.rules.isolation);
+            tracing::error!(
+                %tenant,
+                failures = slot.failures,
+                isolation = ?inner.rules.isolation,
+                "guest isolated after repeated failures"
+            );
+        }
+        failed
+    }
+
+    /// `on-notify` of `module` for `n`.
+    async fn on_notify(
+        &mut self,
+        inner: &Inner,
+        module: Arc<GuestModule>,
+        n: &Notify,
+    ) -> Result<Verdict, Failed> {
+        let runtime = inner.registry.runtime();
+        let instance = self.instance(inner, &n.tenant, module).await?;
+        let (result, spent) = timed(instance.on_notify(runtime, &n.as_guest_input())).await;
+        self.settle(inner, &n.tenant, result, spent)
+    }
+
+    /// `on-client-message` of `module`.
+    async fn on_client_message(
+        &mut self,
+        inner: &Inner,
+        tenant: &TenantId,
+        module: Arc<GuestModule>,
+        message: &ClientMessageRef<'_>,
+    ) -> Result<ClientVerdict, Failed> {
+        let runtime = inner.registry.runtime();
+        let instance = self.instance(inner, tenant, module).await?;
+        let (result, spent) = timed(instance.on_client_message(runtime, message)).await;
+        self.settle(inner, tenant, result, spent)
+    }
+
+    /// `authorize` of `module`.
+    async fn authorize(
+        &mut self,
+        inner: &Inner,
+        tenant: &TenantId,
+        module: Arc<GuestModule>,
+        connection: &ConnectionRef<'_>,
+    ) -> Result<Authorization, Failed> {
+        let runtime = inner.registry.runtime();
+        let instance = self.instance(inner, tenant, module).await?;
+        let (result, spent) = timed(instance.authorize(runtime, connection)).await;
+        self.settle(inner, tenant, result, spent)
+    }
+
+    /// Counts a delivered verdict's outcome for the tenant.
+    fn count(&self, outcome: &Outcome) {
+        if let Some(slot) = &self.slot {
+            slot.count(outcome);
+        }
+    }
+}
+
+/// Runs `future` and measures the time spent inside its polls: the guest's own running time, not
+/// the time it waited for a thread after yielding.
+async fn timed<F: Future>(future: F) -> (F::Output, Duration) {
+    let mut future = std::pin::pin!(future);
+    let mut spent = Duration::ZERO;
+    let output = std::future::poll_fn(|cx| {
+        let started = Instant::now();
+        let poll = future.as_mut().poll(cx);
+        spent += started.elapsed();
+        poll
+    })
+    .await;
+    (output, spent)
+}
+
+/// One tenant's guest as its lane sees it: the module, a warm instance, its failure record and its
+/// per-tenant series.
+struct GuestSlot {
+    module: Arc<GuestModule>,
+    /// `None` after a failure that leaves the instance unusable, or after a quiet spell; rebuilt
+    /// on the next call.
+    instance: Option<GuestInstance>,
+    failures: u32,
+    isolated_until: Option<Instant>,
+    /// `pgws_guest_calls_total{tenant, outcome}` for delivered, dropped, rejected.
+    outcomes: [metrics::Counter; 3],
+    /// `pgws_guest_call_seconds{tenant}`.
+    seconds: metrics::Histogram,
+}
+
+impl GuestSlot {
+    fn new(module: Arc<GuestModule>, tenant: &TenantId) -> Self {
+        let outcome = |label: &'static str| metrics::counter!(m::GUEST_CALLS, "tenant" => tenant.to_string(), "outcome" => label);
+        GuestSlot {
+            outcomes: [
+                outcome("delivered"),
+                outcome("dropped"),
+                outcome("rejected"),
+            ],
+            seconds: metrics::histogram!(m::GUEST_CALL_SECONDS, "tenant" => tenant.to_string()),
+            module,
+            instance: None,
+            failures: 0,
+            isolated_until: None,
+        }
+    }
+
+    fn count(&self, outcome: &Outcome) {
+        let counter = match outcome {
+            Outcome::Deliver(_) => &self.outcomes[0],
+            Outcome::Dropped => &self.outcomes[1],
+            Outcome::Rejected(..) => &self.outcomes[2],
+        };
+        counter.increment(1);
+    }
+}
+
+/// Guest time a tenant may use per second.
+struct Budget {
+    per_sec: Duration,
+    window_start: Instant,
+    used: Duration,
+}
+
+impl Budget {
+    fn new(per_sec: Duration) -> Self {
+        Budget {
+            per_sec,
+            window_start: Instant::now(),
+            used: Duration::ZERO,
+        }
+    }
+
+    fn roll(&mut self, now: Instant) {
+        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
+            self.window_start = now;
+            self.used = Duration::ZERO;
+        }
+    }
+
+    fn charge(&mut self, spent: Duration) {
+        self.roll(Instant::now());
+        self.used += spent;
+    }
+
+    /// When the budget of the current second is spent, the moment the next second starts.
+    fn exhausted_until(&mut self, now: Instant) -> Option<Instant> {
+        self.roll(now);
+        (self.used >= self.per_sec).then(|| self.window_start + Duration::from_secs(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_throttles_until_the_next_second() {
+        let mut b = Budget::new(Duration::from_millis(100));
+        let start = b.window_start;
+        assert_eq!(b.exhausted_until(start), None);
+        b.used = Duration::from_millis(100);
+        assert_eq!(
+            b.exhausted_until(start + Duration::from_millis(10)),
+            Some(start + Duration::from_secs(1))
+        );
+        assert_eq!(b.exhausted_until(start + Duration::from_secs(1)), None);
+        assert_eq!(b.used, Duration::ZERO, "a new second starts afresh");
+    }
+}
