@@ -122,8 +122,8 @@ impl Handshakes {
     }
 }
 
-/// Guards new Engine.IO sessions (requests to `/socket.io/` without a `sid`): a token sent with the
-/// handshake is checked at once, and sessions without one are capped.
+/// Guards new Engine.IO sessions (requests to `/socket.io/` without a `sid`): one with a valid token
+/// in the handshake itself goes straight through; the others are capped.
 pub async fn guard_handshakes(
     axum::extract::State(handshakes): axum::extract::State<Arc<Handshakes>>,
     request: axum::extract::Request,
@@ -148,13 +148,12 @@ pub async fn guard_handshakes(
             .map(|(_, v)| v.into_owned()),
         tenant: None,
     };
-    let status = axum::http::StatusCode::UNAUTHORIZED;
-    if credentials.authorization.is_some() || credentials.token.is_some() {
-        if let Err(r) = crate::auth::identify(&credentials, &handshakes.rules) {
-            metrics::counter!(m::SOCKETIO_HANDSHAKES_REFUSED, "reason" => r.reason).increment(1);
-            return (status, format!("{}\n", r.message)).into_response();
-        }
-    } else if !handshakes.wait() {
+    // A valid token at the handshake is the client authenticated already: no place needed. Any
+    // other session waits for its connect packet in one of the capped places (a bad token too: it
+    // is refused there, with a reason the client can show).
+    let authenticated = (credentials.authorization.is_some() || credentials.token.is_some())
+        && crate::auth::identify(&credentials, &handshakes.rules).is_ok();
+    if !authenticated && !handshakes.wait() {
         metrics::counter!(m::SOCKETIO_HANDSHAKES_REFUSED, "reason" => "too_many_pending")
             .increment(1);
         tracing::warn!(

@@ -615,7 +615,8 @@ impl Runner {
             version = %slot.module.version,
             kind = failure.kind(),
             error = %failure,
-            guest_output = %printed,
+            // Quoted, so a multi-line panic message stays one log line.
+            guest_output = ?printed,
             "guest call failed"
         );
         if slot.failures >= inner.rules.max_failures {
