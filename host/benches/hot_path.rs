@@ -39,11 +39,12 @@ fn fanout(c: &mut Criterion) {
 
     // One publish to 1,000 sessions of a tenant: encode once, queue 1,000 shared handles.
     let hub = Arc::new(Hub::new(1 << 20));
+    let admission = Arc::new(pgws::admission::Admission::default());
     let tenant = TenantId::parse("acme").expect("tenant");
     let mut regs: Vec<_> = (0..1000)
         .map(|_| {
-            hub.register(&tenant, FrameFormat::Pgws, TopicFilter::All)
-                .expect("room")
+            let ticket = admission.admit(&tenant).expect("place");
+            hub.register(ticket, &tenant, FrameFormat::Pgws, TopicFilter::All)
         })
         .collect();
     let delivery = Delivery {

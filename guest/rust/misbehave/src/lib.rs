@@ -1,8 +1,10 @@
 //! A guest that misbehaves on request, for testing that the host contains it.
 //!
-//! The body's `do` field picks the behaviour: `trap` (panics), `loop` (never returns), `bomb` (grows
-//! memory without end), `huge` (returns a 1 MiB body, over the default output cap), `escape` (tries to read a file, an environment
-//! variable and the network, and reports what it got). Anything else is forwarded unchanged.
+//! The body's `do` field picks the behaviour: `trap` (panics), `loop` (never returns), `spin` (keeps
+//! the CPU busy for the body's `ms`, default 80, then forwards: a legal but slow guest), `bomb` (grows
+//! memory without end), `huge` (returns a 1 MiB body, over the default output cap), `escape` (tries to
+//! read a file, an environment variable and the network, and reports what it got). Anything else is
+//! forwarded unchanged.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "pgws:guest/filter" });
 
@@ -27,6 +29,14 @@ impl Guest for Misbehave {
             Some("loop") => loop {
                 std::hint::black_box(());
             },
+            Some("spin") => {
+                let ms = value.get("ms").and_then(Value::as_u64).unwrap_or(80);
+                let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+                while std::time::Instant::now() < until {
+                    std::hint::black_box(());
+                }
+                Verdict::Forward
+            }
             Some("bomb") => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
