@@ -7,7 +7,7 @@ out="$(realpath -m "$1")"; here="$(cd "$(dirname "$0")" && pwd)"
 mkdir -p "$out"
 cd "$here"
 [ -x node_modules/.bin/componentize-qjs ] || npm ci --silent --no-audit --no-fund
-for g in passthrough validator reshaper router; do
+for g in passthrough validator reshaper router snippet; do
   # Up to date: newer than its source and the WIT.
   if [ "$out/$g.wasm" -nt "$g.js" ] && [ "$out/$g.wasm" -nt ../../wit/pgws.wit ]; then continue; fi
   node_modules/.bin/componentize-qjs --wit ../../wit --world filter --js "$g.js" \

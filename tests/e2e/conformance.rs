@@ -123,3 +123,77 @@ async fn each_language_end_to_end() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Whether a verdict meets an expectation of `guest/snippets.json`: a verdict, `{"reject_prefix": …}`,
+/// or a list of acceptable ones.
+fn meets(expect: &Value, got: &Verdict) -> bool {
+    match expect {
+        Value::Array(any) => any.iter().any(|e| meets(e, got)),
+        Value::Object(o) if o.contains_key("reject_prefix") => matches!(
+            got,
+            Verdict::Reject(r) if r.starts_with(o["reject_prefix"].as_str().unwrap_or_default())
+        ),
+        _ => {
+            let got = match got {
+                // A body that is not JSON meets no expectation (and must not panic here).
+                Verdict::Replace(b) if serde_json::from_str::<Value>(b).is_err() => return false,
+                other => as_json(other),
+            };
+            &got == expect
+        }
+    }
+}
+
+/// The guest README's JavaScript, Python and Rust snippets, built exactly as the page shows them,
+/// read JSON of every odd shape without trapping, and refuse what they cannot read exactly.
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_snippets_survive_any_json() -> anyhow::Result<()> {
+    let repo = crate::harness::guests::repo();
+    let readme = std::fs::read_to_string(repo.join("guest/README.md"))?;
+    let table: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo.join("guest/snippets.json"))?)?;
+    let cases = table["cases"].as_array().expect("cases");
+    let runtime = GuestRuntime::new(GuestLimits::default(), None)?;
+    let mut failures = Vec::new();
+    for (language, source, kind) in [
+        ("js", "guest/js/snippet.js", "stamper"),
+        ("python", "guest/python/snippet.py", "stamper"),
+        ("rust", "guest/rust/snippet/src/lib.rs", "filter"),
+    ] {
+        let text = std::fs::read_to_string(repo.join(source))?;
+        assert!(
+            readme.contains(&text),
+            "guest/README.md shows {source} exactly as it is built"
+        );
+        let dir = tokio::task::spawn_blocking(move || built(language)).await?;
+        let module = runtime
+            .compile(&std::fs::read(dir.join("snippet.wasm"))?)
+            .map_err(|e| anyhow::anyhow!("{language} snippet: {e}"))?;
+        for case in cases {
+            let body = case["body_text"].as_str().expect("body_text");
+            // A fresh instance per case: a trap in one case must not hide the next.
+            let mut instance = GuestInstance::new(&runtime, &module, "acme").await?;
+            let n = NotificationRef {
+                tenant: "acme",
+                topic: None,
+                channel: "pgwebsocket",
+                body,
+            };
+            let shown = body.chars().take(60).collect::<String>();
+            match instance.on_notify(&runtime, &n).await {
+                Ok(v) if meets(&case[kind], &v) => {}
+                Ok(v) => failures.push(format!(
+                    "{language} on {shown}: expected {}, got {v:?}",
+                    case[kind]
+                )),
+                Err(e) => failures.push(format!("{language} on {shown}: {e}")),
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "snippet failures:\n{}",
+        failures.join("\n")
+    );
+    Ok(())
+}

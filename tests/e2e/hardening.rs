@@ -469,3 +469,39 @@ async fn jwks_keys_rotate_without_a_restart() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// A client that stops reading is dropped once its socket has taken nothing for
+/// `--write-timeout-secs`, even though its queue (made huge here) never fills.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() -> anyhow::Result<()> {
+    let (server, sql) = spawn_app(&[
+        "--insecure-tenant-param",
+        "--frame",
+        "raw",
+        "--write-timeout-secs",
+        "1",
+        "--session-queue",
+        "1000000",
+    ])
+    .await?;
+    let _stalled = Client::connect(&server.ws_url("?tenant=a")).await?;
+    // About 24 MB: more than the loopback socket buffers on both sides hold.
+    sql.batch_execute(
+        "SELECT pg_notify('pgwebsocket', 'a,{\"n\":' || i || ',\"pad\":\"' || repeat('x', 7800) || '\"}') \
+         FROM generate_series(1, 3000) i",
+    )
+    .await?;
+    let deadline = std::time::Instant::now() + PATIENCE * 2;
+    while server
+        .metric("pgws_sessions_closed_total", &[("reason", "write_timeout")])
+        .await?
+        < 1.0
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the stalled client was not dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}

@@ -91,13 +91,6 @@ async fn a_looping_guest_does_not_hold_up_other_tenants() -> anyhow::Result<()> 
             .await?
             >= 1.0
     );
-    assert_eq!(
-        server
-            .metric("pgws_tenant_queue_dropped_total", &[("tenant", "fast")])
-            .await
-            .unwrap_or(0.0),
-        0.0
-    );
     server
         .wait_log(&["guest call failed", "tenant=slow", "timeout"], PATIENCE)
         .await?;

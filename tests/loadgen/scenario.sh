@@ -22,6 +22,9 @@ scenarios (targets in BENCHMARKS.md):
   ingest-batched  250,000 NOTIFY/s in 100-NOTIFY transactions, no clients
   socketio-100    100 socket.io clients x 1,000 NOTIFY/s
   socketio-500    500 socket.io clients x 1,000 NOTIFY/s
+  isolation-base  200 clients over tenant t0 (no guest) and t1 (fast guest) x 200 NOTIFY/s
+  isolation       the same, while 4 tenants' guests take 80 ms a call and 2 loop to the deadline
+                  (10 messages/s each)
 EOF
 }
 
@@ -110,6 +113,23 @@ case "$scenario" in
   latency-large)  ws --clients 10000 --tenants 1 --rate 10 --seconds 10 --source-addrs 8 ;;
   ingest-single)  ws --clients 0 --rate 40000 --producers 8 --seconds 10 ;;
   ingest-batched) ws --clients 0 --rate 250000 --batch 100 --producers 4 --seconds 10 ;;
+  isolation-base | isolation)
+    guests=$(mktemp -d /tmp/pgws-scenario-guests-XXXXXX)
+    guest/rust/build.sh "$guests/built" >/dev/null
+    cp "$guests/built/passthrough.wasm" "$guests/t1.wasm"
+    for s in s0 s1 s2 s3 s4 s5; do cp "$guests/built/misbehave.wasm" "$guests/$s.wasm"; done
+    server_args=(--guests "$guests")
+    if [ "$scenario" = isolation ]; then
+      # The slow tenants' traffic, from its own connection: 10 messages a second each.
+      (
+        for k in $(seq 400); do
+          psql -q "$DATABASE_URL" -c "SELECT pg_notify('pgwebsocket', 's' || i || ',{\"do\":\"spin\",\"ms\":80,\"k\":$k}') FROM generate_series(0, 3) i; SELECT pg_notify('pgwebsocket', 's' || i || ',{\"do\":\"loop\",\"k\":$k}') FROM generate_series(4, 5) i" >/dev/null 2>&1
+          sleep 0.1
+        done
+      ) &
+      pids+=($!)
+    fi
+    ws --clients 200 --tenants 2 --rate 200 --seconds 10 ;;
   socketio-100)   sio --clients 100 --rate 1000 --seconds 10 ;;
   socketio-500)   sio --clients 500 --rate 1000 --seconds 10 ;;
   *) echo "unknown scenario: $scenario" >&2; usage >&2; exit 2 ;;
