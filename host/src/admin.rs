@@ -8,7 +8,8 @@
 //!
 //! ```text
 //! GET    /admin/guests                   list loaded guests: version, size, load time, failures
-//! PUT    /admin/guests/<tenant>          body: component bytes → 200 {version…} | 400 {error}
+//! PUT    /admin/guests/<tenant>          body: component bytes → 200 {version…} | 400 {error} |
+//!                                        409 when a later change to the guest came first
 //! DELETE /admin/guests/<tenant>          → 200 | 404
 //! POST   /admin/guests/<tenant>/rollback → 200 {version…} | 409 when there is no previous version
 //! GET    /admin/channels                 channels subscribed by name: {subscribed: {channel:
@@ -28,7 +29,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::channels::Channels;
-use crate::guest::{GuestModule, GuestRegistry, GuestTarget};
+use crate::guest::{GuestModule, GuestRegistry, GuestTarget, LoadError};
 
 /// Largest component the API accepts (Python and JavaScript components run to tens of MB).
 const MAX_UPLOAD: usize = 128 << 20;
@@ -134,6 +135,10 @@ async fn upload(State(admin): State<Admin>, Path(name): Path<String>, body: Byte
         Ok(module) => {
             tracing::info!(guest = %target, version = %module.version, "guest uploaded and serving");
             Ok(describe(&target, &module))
+        }
+        Err(e @ LoadError::Superseded) => {
+            tracing::info!(guest = %target, "uploaded guest dropped: a later change came first");
+            Err(ApiError(StatusCode::CONFLICT, e.to_string()))
         }
         Err(e) => {
             tracing::error!(guest = %target, error = %e, "uploaded guest refused; the previous version keeps serving");

@@ -306,11 +306,12 @@ impl Authenticator {
         })?;
         let jwks = self.jwks.read().unwrap_or_else(|e| e.into_inner()).clone();
         let key = match &header.kid {
-            // A token naming a key is checked against that key only.
+            // A token naming a key is checked against the JWKS key of that name; issuers that put
+            // a `kid` in every token also work with a fixed secret or public key of its `alg`.
             Some(kid) => jwks
                 .iter()
-                .chain(&self.fixed)
                 .find(|k| k.kid.as_deref() == Some(kid.as_str()))
+                .or_else(|| self.fixed.iter().find(|k| k.algorithm == header.alg))
                 .ok_or_else(|| AuthError::UnknownKey(kid.clone()))?,
             None => self
                 .fixed
@@ -355,11 +356,14 @@ impl Authenticator {
     ) -> Result<SystemTime, AuthError> {
         let exp = time_claim(claims, "exp")?.ok_or(AuthError::MissingExp)?;
         let leeway = self.rules.leeway;
-        if now > exp + leeway {
+        // Leeway is bounded by the configuration (a day), and times by `time_claim`, so these
+        // sums cannot overflow; `checked_add` keeps that true whatever changes.
+        let expires = exp.checked_add(leeway).ok_or(AuthError::BadTime("exp"))?;
+        if now > expires {
             return Err(AuthError::Expired);
         }
         if let Some(nbf) = time_claim(claims, "nbf")? {
-            if now + leeway < nbf {
+            if now.checked_add(leeway).is_some_and(|n| n < nbf) {
                 return Err(AuthError::NotYetValid);
             }
         }
@@ -378,7 +382,7 @@ impl Authenticator {
                 return Err(AuthError::Issuer);
             }
         }
-        Ok(exp + leeway)
+        Ok(expires)
     }
 
     fn identity(
@@ -585,7 +589,7 @@ pub struct Credentials {
 impl Credentials {
     /// The bearer token, from the header (scheme matched case-insensitively, as RFC 7235 says) or
     /// else from anywhere else it was sent.
-    fn bearer(&self) -> Option<&str> {
+    pub fn bearer(&self) -> Option<&str> {
         let from_header = self.authorization.as_deref().and_then(|v| {
             let (scheme, token) = v.trim().split_once(char::is_whitespace)?;
             scheme

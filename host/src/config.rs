@@ -426,6 +426,9 @@ impl Config {
         if self.guest_timeout_ms == 0 {
             return Err("--guest-timeout-ms must be at least 1".into());
         }
+        if self.jwt_leeway_secs > 86_400 {
+            return Err("--jwt-leeway-secs must be at most 86400 (a day)".into());
+        }
         if self.guest_queue == 0 {
             return Err("--guest-queue must be at least 1".into());
         }

@@ -199,7 +199,11 @@ impl Session {
                     // client's own messages carry nothing and are ignored, as pgws does.
                     Some(Ok(_)) => {
                         answered = true;
-                        let _ = ws.flush().await;
+                        match tokio::time::timeout(ctx.write_timeout, ws.flush()).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => break Ending::ClientError,
+                            Err(_) => break Ending::WriteTimeout,
+                        }
                     }
                 },
                 _ = ping.tick() => {

@@ -99,6 +99,16 @@ impl Handshakes {
         }
     }
 
+    /// Whether the handshake itself carried a valid bearer token (header or `?token=`). Only a
+    /// verified token counts: another `Authorization` scheme, a bad token or the anonymous tenant
+    /// all wait in a place.
+    fn verified(&self, credentials: &Credentials) -> bool {
+        match (credentials.bearer(), &self.rules.auth) {
+            (Some(token), Some(auth)) => auth.verify(token).is_ok(),
+            _ => false,
+        }
+    }
+
     /// Takes a place for a session without a token, unless all are taken.
     fn wait(&self) -> bool {
         let now = std::time::Instant::now();
@@ -151,9 +161,7 @@ pub async fn guard_handshakes(
     // A valid token at the handshake is the client authenticated already: no place needed. Any
     // other session waits for its connect packet in one of the capped places (a bad token too: it
     // is refused there, with a reason the client can show).
-    let authenticated = (credentials.authorization.is_some() || credentials.token.is_some())
-        && crate::auth::identify(&credentials, &handshakes.rules).is_ok();
-    if !authenticated && !handshakes.wait() {
+    if !handshakes.verified(&credentials) && !handshakes.wait() {
         metrics::counter!(m::SOCKETIO_HANDSHAKES_REFUSED, "reason" => "too_many_pending")
             .increment(1);
         tracing::warn!(
@@ -251,10 +259,6 @@ async fn authenticate(
     if !checked_at_handshake {
         ctx.handshakes.connected();
     }
-    let ticket = ctx
-        .admission
-        .admit(&identity.tenant)
-        .map_err(|e| refuse(e.reason(), e.to_string()))?;
     let verdict = ctx
         .workers
         .authorize(&identity, identity.channel_list())
@@ -262,6 +266,10 @@ async fn authenticate(
     if let Authorization::Deny(reason) = verdict {
         return Err(refuse("guest_denied", format!("denied: {reason}")));
     }
+    let ticket = ctx
+        .admission
+        .admit(&identity.tenant)
+        .map_err(|e| refuse(e.reason(), e.to_string()))?;
     Ok((identity, ticket))
 }
 
@@ -366,22 +374,44 @@ fn serve(ctx: Arc<SocketIoContext>, s: &SocketRef, identity: Identity, ticket: T
             ),
         );
     });
+    // A connection lost while it was being admitted never reaches the disconnect handler
+    // (socketioxide had not added the socket to the namespace yet): it is released here instead.
+    {
+        let (ctx, member, s) = (ctx.clone(), member.clone(), s.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(ADMISSION_GRACE).await;
+            if !s.connected() && !member.gone.is_cancelled() {
+                tracing::debug!(tenant = %member.identity.tenant, "socket.io client left while being admitted");
+                leave(&ctx, &member, &s).await;
+            }
+        });
+    }
     s.on_disconnect(move |s: SocketRef| {
         let (ctx, member) = (ctx.clone(), member.clone());
         async move {
-            member.gone.cancel();
-            member
-                .ticket
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            let subscribed = std::mem::take(&mut *member.subscribed.lock().await);
-            for channel in subscribed {
-                release(&ctx, &member.identity, &s, &channel);
-            }
+            leave(&ctx, &member, &s).await;
             metrics::counter!(m::SOCKETIO_DISCONNECTIONS).increment(1);
         }
     });
+}
+
+/// How long after admission a socket must be connected; socketioxide connects it right after the
+/// connect middleware returns, so anything longer means the client left meanwhile.
+const ADMISSION_GRACE: Duration = Duration::from_secs(5);
+
+/// Ends a socket's membership: stops its tasks, gives its place among connections back and releases
+/// its channels. Safe to call twice.
+async fn leave(ctx: &SocketIoContext, member: &Member, s: &SocketRef) {
+    member.gone.cancel();
+    member
+        .ticket
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    let subscribed = std::mem::take(&mut *member.subscribed.lock().await);
+    for channel in subscribed {
+        release(ctx, &member.identity, s, &channel);
+    }
 }
 
 /// Answers one request: the acknowledgement event, or `error`.

@@ -28,7 +28,7 @@ use crate::deliver::{self, Deliverer, Notify, Outcome, TenantStream};
 use crate::envelope::{JsonBody, TenantId, Topic};
 use crate::guest::{
     Authorization, CallFailure, ClientMessageRef, ClientVerdict, ConnectionRef, GuestInstance,
-    GuestModule, GuestRegistry, Lookup, Verdict,
+    GuestModule, GuestRegistry, GuestRuntime, Lookup, Verdict,
 };
 use crate::metrics as m;
 
@@ -56,6 +56,16 @@ pub struct Scheduling {
 /// How long a lane keeps its warm instance after its last job. Instances cost memory (a guest's
 /// linear memory, up to `--guest-memory-mb`); a tenant that went quiet gets a fresh one next time.
 const WARM_FOR: Duration = Duration::from_secs(60);
+
+/// Longest a session waits for its tenant's guest to answer a publish or a connect (its request may
+/// queue behind the tenant's own messages); then it is refused rather than left hanging.
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
+/// A call's wall-clock bound, as a multiple of its running-time deadline. Epoch interruption counts
+/// only time the guest runs; a guest that waits (a WASI sleep or poll) uses none, and a guest that
+/// yields to others takes longer than it runs. This bound catches the first and leaves room for the
+/// second.
+const WALL_FACTOR: u32 = 10;
 
 /// What becomes of a message a client published.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +165,7 @@ impl Workers {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(scheduling.threads.max(1))
             .thread_name("pgws-guest")
+            .on_thread_start(lower_priority)
             // A lane that just got work is spawned from outside onto the shared queue; checking it
             // at every scheduling point lets a fast tenant's call start at the next yield of a slow
             // one instead of after dozens of them.
@@ -213,9 +224,10 @@ impl Workers {
         let lane = self.inner.lane(tenant);
         self.inner
             .submit(&lane, Job::ClientMessage { topic, body, reply });
-        answer
-            .await
-            .unwrap_or_else(|_| ClientOutcome::Reject("server is busy or shutting down".into()))
+        match tokio::time::timeout(ANSWER_WITHIN, answer).await {
+            Ok(Ok(outcome)) => outcome,
+            _ => ClientOutcome::Reject("the tenant's guest is busy; try again".into()),
+        }
     }
 
     /// Asks the tenant's guest (if it has an authorize hook) whether a connection may proceed.
@@ -239,9 +251,10 @@ impl Workers {
                 reply,
             },
         );
-        answer
-            .await
-            .unwrap_or_else(|_| Authorization::Deny("server is busy or shutting down".into()))
+        match tokio::time::timeout(ANSWER_WITHIN, answer).await {
+            Ok(Ok(answer)) => answer,
+            _ => Authorization::Deny("the tenant's guest is busy; try again".into()),
+        }
     }
 }
 
@@ -286,6 +299,8 @@ impl Inner {
             return;
         }
         state.jobs.push_back(job);
+        // Room again: a later overflow is a new episode, logged and announced again.
+        state.overflowing = false;
         if !state.running {
             state.running = true;
             drop(state);
@@ -456,6 +471,21 @@ impl Drop for Draining {
                 handle.spawn(drain(self.inner.clone(), self.lane.clone()));
             }
         }
+    }
+}
+
+/// How much lower than the rest of the server guest threads run, as a `nice` increment. When guests
+/// and deliveries both want the CPU, the kernel then gives it to deliveries (socket I/O, the
+/// dispatcher) first: a tenant's guest work can slow only guest work, never another tenant's
+/// delivery.
+const GUEST_NICE: i32 = 10;
+
+/// Lowers the calling guest thread's OS priority (Linux keeps a nice value per thread).
+fn lower_priority() {
+    let tid = rustix::thread::gettid();
+    let current = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), current + GUEST_NICE) {
+        tracing::warn!(error = %e, "could not lower the guest threads' priority");
     }
 }
 
@@ -640,7 +670,11 @@ impl Runner {
     ) -> Result<Verdict, Failed> {
         let runtime = inner.registry.runtime();
         let instance = self.instance(inner, &n.tenant, module).await?;
-        let (result, spent) = timed(instance.on_notify(runtime, &n.as_guest_input())).await;
+        let (result, spent) = timed(bounded(
+            runtime,
+            instance.on_notify(runtime, &n.as_guest_input()),
+        ))
+        .await;
         self.settle(inner, &n.tenant, result, spent)
     }
 
@@ -654,7 +688,11 @@ impl Runner {
     ) -> Result<ClientVerdict, Failed> {
         let runtime = inner.registry.runtime();
         let instance = self.instance(inner, tenant, module).await?;
-        let (result, spent) = timed(instance.on_client_message(runtime, message)).await;
+        let (result, spent) = timed(bounded(
+            runtime,
+            instance.on_client_message(runtime, message),
+        ))
+        .await;
         self.settle(inner, tenant, result, spent)
     }
 
@@ -668,7 +706,8 @@ impl Runner {
     ) -> Result<Authorization, Failed> {
         let runtime = inner.registry.runtime();
         let instance = self.instance(inner, tenant, module).await?;
-        let (result, spent) = timed(instance.authorize(runtime, connection)).await;
+        let (result, spent) =
+            timed(bounded(runtime, instance.authorize(runtime, connection))).await;
         self.settle(inner, tenant, result, spent)
     }
 
@@ -678,6 +717,18 @@ impl Runner {
             slot.count(outcome);
         }
     }
+}
+
+/// Bounds a guest call in wall-clock time ([`WALL_FACTOR`] × its deadline). A call cut off here
+/// counts as a timeout, which also discards the instance.
+async fn bounded<R>(
+    runtime: &GuestRuntime,
+    call: impl Future<Output = Result<R, CallFailure>>,
+) -> Result<R, CallFailure> {
+    let deadline = runtime.limits().timeout;
+    tokio::time::timeout(deadline * WALL_FACTOR, call)
+        .await
+        .unwrap_or(Err(CallFailure::Timeout(deadline)))
 }
 
 /// Runs `future` and measures the time spent inside its polls: the guest's own running time, not

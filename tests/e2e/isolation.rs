@@ -107,6 +107,22 @@ async fn a_looping_guest_does_not_hold_up_other_tenants() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A guest that waits instead of running (a WASI sleep uses no epoch ticks) is still cut off, by
+/// the call's wall-clock bound, and the tenant's next message is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sleeping_guest_is_cut_off() -> anyhow::Result<()> {
+    let dir = guest_dir(&[("nap", &rust_guest("misbehave"))]);
+    let (server, sql) = spawn_with_guests(&dir, &["--guest-timeout-ms", "100"]).await?;
+    let mut c = Client::connect(&server.ws_url("?tenant=nap")).await?;
+    notify(&sql, r#"nap,{"do":"sleep","ms":600000}"#).await?;
+    notify(&sql, r#"nap,{"n":1}"#).await?;
+    assert_eq!(c.recv_json().await?, json!({"n": 1}));
+    server
+        .wait_log(&["guest call failed", "tenant=nap", "timeout"], PATIENCE)
+        .await?;
+    Ok(())
+}
+
 /// A Rust guest that panics: the failure's log line carries the guest's own panic message.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guest_panic_message_reaches_the_log() -> anyhow::Result<()> {

@@ -117,6 +117,10 @@ pub struct GuestRegistry {
     /// Digest of the content last seen at each guest file, loaded or refused. Bounded by the guest
     /// files of one directory.
     seen_files: Mutex<HashMap<PathBuf, String>>,
+    /// Changes begun per target. Compiles run concurrently and finish in any order; one that
+    /// finishes after a later change to its target began is dropped, so the last change asked for
+    /// is the one that stays. Bounded by the targets ever named.
+    changes: Mutex<HashMap<GuestTarget, u64>>,
 }
 
 impl GuestRegistry {
@@ -125,6 +129,7 @@ impl GuestRegistry {
             runtime,
             guests: RwLock::default(),
             seen_files: Mutex::default(),
+            changes: Mutex::default(),
         }
     }
 
@@ -172,11 +177,15 @@ impl GuestRegistry {
     /// Compiles `bytes` and, only if that succeeds, makes it serve `target`; the replaced version
     /// is kept for [`rollback`](Self::rollback).
     pub fn load(&self, target: GuestTarget, bytes: &[u8]) -> Result<Arc<GuestModule>, LoadError> {
+        let change = self.begin(&target);
         let outcome = self.runtime.compile(bytes);
         let label = if outcome.is_ok() { "ok" } else { "refused" };
         metrics::counter!(crate::metrics::GUEST_LOADS, "outcome" => label).increment(1);
         let module = Arc::new(outcome?);
         let mut guests = self.write();
+        if !self.is_latest(&target, change) {
+            return Err(LoadError::Superseded);
+        }
         let entry = guests.entry(target).or_default();
         let replaced = entry.current.replace(module.clone());
         if replaced.is_some() {
@@ -184,6 +193,23 @@ impl GuestRegistry {
         }
         entry.refused = None;
         Ok(module)
+    }
+
+    /// Starts a change to `target`; returns its number.
+    fn begin(&self, target: &GuestTarget) -> u64 {
+        let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let n = changes.entry(target.clone()).or_default();
+        *n += 1;
+        *n
+    }
+
+    /// Whether `change` is still the last change begun for `target`.
+    fn is_latest(&self, target: &GuestTarget, change: u64) -> bool {
+        self.changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(target)
+            .is_some_and(|n| *n == change)
     }
 
     /// Records that the guest file for `target` was refused. Only matters while nothing serves it.
@@ -197,6 +223,7 @@ impl GuestRegistry {
 
     /// Stops using a guest for `target` (and forgets a refusal). Returns whether there was one.
     pub fn remove(&self, target: &GuestTarget) -> bool {
+        self.begin(target);
         self.write()
             .remove(target)
             .is_some_and(|e| e.current.is_some() || e.refused.is_some())
@@ -205,6 +232,7 @@ impl GuestRegistry {
     /// Puts the previous version of `target` back. Returns the version now serving, or `None` if
     /// there is nothing to roll back to.
     pub fn rollback(&self, target: &GuestTarget) -> Option<Arc<GuestModule>> {
+        self.begin(target);
         let mut guests = self.write();
         let entry = guests.get_mut(target)?;
         let previous = entry.previous.take()?;
@@ -274,7 +302,12 @@ impl GuestRegistry {
     /// whether a new version now serves.
     pub fn reload_path(&self, path: &Path) -> bool {
         let Some(target) = GuestTarget::from_path(path) else {
-            tracing::debug!(path = %path.display(), "not a guest file; ignored");
+            if path.extension().is_some_and(|e| e == "wasm") && path.exists() {
+                tracing::warn!(
+                    path = %path.display(),
+                    "ignored: a guest file is named <tenant>.wasm (a valid tenant name) or _default.wasm"
+                );
+            }
             return false;
         };
         let bytes = match std::fs::read(path) {
@@ -287,11 +320,21 @@ impl GuestRegistry {
                 return false;
             }
             Err(source) => {
+                // A guest file that exists but cannot be read is a guest asked for and not
+                // running: fail closed as for a refused one.
                 let error = LoadError::Read {
                     path: path.to_owned(),
                     source,
                 };
-                tracing::error!(guest = %target, error = %error, "guest file unreadable; nothing changed");
+                tracing::error!(guest = %target, error = %error, "guest file unreadable");
+                self.seen().remove(path);
+                self.refuse(
+                    target,
+                    Refusal {
+                        version: "unreadable".into(),
+                        error: error.to_string(),
+                    },
+                );
                 return false;
             }
         };

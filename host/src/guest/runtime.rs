@@ -58,6 +58,8 @@ pub enum LoadError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("a later change to this guest came first; this one was dropped")]
+    Superseded,
 }
 
 /// A compiled, type-checked guest, ready to instantiate. Shared by every worker that runs it.
@@ -149,6 +151,11 @@ impl GuestRuntime {
             linker: Arc::new(linker),
             limits,
         })
+    }
+
+    /// The limits every call is held to.
+    pub fn limits(&self) -> &GuestLimits {
+        &self.limits
     }
 
     /// Deadline of one call in epoch slices: the guest yields once per tick and is interrupted when

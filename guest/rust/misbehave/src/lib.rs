@@ -1,7 +1,8 @@
 //! A guest that misbehaves on request, for testing that the host contains it.
 //!
 //! The body's `do` field picks the behaviour: `trap` (panics), `loop` (never returns), `spin` (keeps
-//! the CPU busy for the body's `ms`, default 80, then forwards: a legal but slow guest), `bomb` (grows
+//! the CPU busy for the body's `ms`, default 80, then forwards: a legal but slow guest), `sleep` (waits
+//! `ms` without running, through WASI's clock), `bomb` (grows
 //! memory without end), `huge` (returns a 1 MiB body, over the default output cap), `escape` (tries to
 //! read a file, an environment variable and the network, and reports what it got). Anything else is
 //! forwarded unchanged.
@@ -35,6 +36,11 @@ impl Guest for Misbehave {
                 while std::time::Instant::now() < until {
                     std::hint::black_box(());
                 }
+                Verdict::Forward
+            }
+            Some("sleep") => {
+                let ms = value.get("ms").and_then(Value::as_u64).unwrap_or(60_000);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
                 Verdict::Forward
             }
             Some("bomb") => {
