@@ -31,7 +31,7 @@ pub const SOCKETIO_DISCONNECTIONS: &str = "pgws_socketio_disconnections_total";
 pub const SOCKETIO_EVENTS: &str = "pgws_socketio_events_total";
 pub const SOCKETIO_SEND_FAILURES: &str = "pgws_socketio_send_failures_total";
 pub const SOCKETIO_ERRORS: &str = "pgws_socketio_errors_total";
-pub const LISTEN_LIMITED: &str = "pgws_listen_limited_total";
+pub const LIMIT_REFUSALS: &str = "pgws_limit_refusals_total";
 pub const SOCKETIO_HANDSHAKES_REFUSED: &str = "pgws_socketio_handshakes_refused_total";
 pub const METRICS_REFUSED: &str = "pgws_metrics_refused_total";
 
@@ -125,8 +125,8 @@ fn describe() {
         "socket.io broadcasts that some socket could not take (buffer full or closed)"
     );
     describe_counter!(
-        LISTEN_LIMITED,
-        "socket.io subscribes refused by --max-listen-channels or --max-listen-channels-per-tenant"
+        LIMIT_REFUSALS,
+        "Requests refused by a cap, by limit (topics_per_session, channels_per_socket, listen_channels_per_tenant, listen_channels)"
     );
     describe_counter!(
         SOCKETIO_HANDSHAKES_REFUSED,

@@ -285,6 +285,8 @@ impl V1State {
                     .filter(|t| !self.subscriptions.contains(*t))
                     .count();
                 if self.subscriptions.len() + new > ctx.max_topics {
+                    metrics::counter!(m::LIMIT_REFUSALS, "limit" => "topics_per_session")
+                        .increment(1);
                     let msg = format!("at most {} topics per connection", ctx.max_topics);
                     return protocol::error("too_many_topics", &msg, r#ref.as_ref());
                 }

@@ -495,6 +495,7 @@ async fn subscribe(
         return Ok(channel.to_string());
     }
     if subscribed.len() >= ctx.max_channels {
+        metrics::counter!(m::LIMIT_REFUSALS, "limit" => "channels_per_socket").increment(1);
         return Err(format!(
             "too many subscriptions: at most {} channels per connection",
             ctx.max_channels
@@ -512,7 +513,11 @@ async fn subscribe(
         Err(e) => {
             s.leave(room);
             subscribed.remove(&channel);
-            metrics::counter!(m::LISTEN_LIMITED).increment(1);
+            let limit = match e {
+                SubscribeError::Tenant(_) => "listen_channels_per_tenant",
+                _ => "listen_channels",
+            };
+            metrics::counter!(m::LIMIT_REFUSALS, "limit" => limit).increment(1);
             Err(format!("subscribe {:?} refused: {e}", channel.as_str()))
         }
     }

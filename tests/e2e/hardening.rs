@@ -333,7 +333,15 @@ async fn topics_and_listen_channels_are_capped() -> anyhow::Result<()> {
             .contains("limit of 2 channels"),
         "{error}"
     );
-    assert_eq!(server.metric("pgws_listen_limited_total", &[]).await?, 1.0);
+    for limit in ["topics_per_session", "listen_channels_per_tenant"] {
+        assert_eq!(
+            server
+                .metric("pgws_limit_refusals_total", &[("limit", limit)])
+                .await?,
+            1.0,
+            "{limit}"
+        );
+    }
     Ok(())
 }
 
@@ -503,5 +511,36 @@ async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() -> any
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
+}
+
+/// A socket.io socket subscribes to at most `--max-channels-per-socket` channels.
+#[tokio::test(flavor = "multi_thread")]
+async fn channels_per_socket_are_capped() -> anyhow::Result<()> {
+    let (server, _sql) =
+        spawn_app(&["--insecure-tenant-param", "--max-channels-per-socket", "2"]).await?;
+    let (mut s, _) =
+        SioClient::connected(Kind::Python, &base(&server), Some(json!({"tenant": "a"}))).await?;
+    s.subscribe("one").await?;
+    s.subscribe("two").await?;
+    s.emit("subscribe", Some(json!({"channel": "three"})))
+        .await?;
+    let error = s.expect("error").await?;
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("at most 2 channels per connection"),
+        "{error}"
+    );
+    assert_eq!(
+        server
+            .metric(
+                "pgws_limit_refusals_total",
+                &[("limit", "channels_per_socket")]
+            )
+            .await?,
+        1.0
+    );
     Ok(())
 }
