@@ -168,9 +168,10 @@ pub struct Config {
     #[arg(long, env = "PGWS_GUEST_ISOLATION_SECS", default_value_t = 30)]
     pub guest_isolation_secs: u64,
 
-    /// Threads that run guests. Any thread runs any tenant, one call of a tenant at a time (so its
-    /// messages stay in order); a slow guest gives its thread up every millisecond.
-    /// Default: the number of CPUs.
+    /// Threads that run slow guests (a tenant whose last call ran over 2 ms), at a lower OS priority
+    /// than deliveries; quick guests run on one more thread at normal priority. Any thread runs any
+    /// tenant, one call of a tenant at a time (so its messages stay in order); a slow guest gives
+    /// its thread up every millisecond. Default: half the CPUs (at least one).
     #[arg(long, env = "PGWS_GUEST_THREADS")]
     pub guest_threads: Option<usize>,
 
@@ -182,7 +183,7 @@ pub struct Config {
 
     /// Guest running time one tenant may use per second, in milliseconds. A tenant over it waits for
     /// the next second (throttled, counted in pgws_guest_throttled_total); others are not slowed.
-    #[arg(long, env = "PGWS_GUEST_CPU_MS_PER_SEC", default_value_t = 500)]
+    #[arg(long, env = "PGWS_GUEST_CPU_MS_PER_SEC", default_value_t = 250)]
     pub guest_cpu_ms_per_sec: u64,
 
     /// Most clients this process serves, /ws sessions and socket.io sockets together; more are
@@ -408,7 +409,7 @@ impl Config {
 
     pub fn guest_threads(&self) -> usize {
         self.guest_threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()) / 2)
             .max(1)
     }
 

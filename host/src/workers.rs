@@ -5,8 +5,9 @@
 //! lanes. A lane with work has exactly one task, so a tenant's jobs run one at a time in the order
 //! they came (its messages stay in order), while any guest thread may run any tenant. Guest calls are
 //! async and yield their thread every epoch tick, so a slow guest shares the threads instead of
-//! holding one; a tenant that uses more than its guest-time budget in a second waits out the rest of
-//! the second (throttled, counted); a tenant whose queue is full loses only its own messages
+//! holding one; a lane whose last call was slow runs on threads of lower OS priority, so slow guests
+//! never take the CPU from deliveries or quick guests; a tenant that uses more than its guest-time
+//! budget in a second waits out the rest of the second (throttled, counted); a tenant whose queue is full loses only its own messages
 //! (counted, logged once per episode, and its `pgws.v1` clients get a gap notice). Nothing here ever
 //! waits on another tenant: the dispatcher only pushes onto a lane, and a tenant without a guest is
 //! delivered at once, without a lane task.
@@ -108,13 +109,44 @@ struct Inner {
     threads: GuestThreads,
 }
 
-/// The runtime guest calls run on, kept apart from the one that serves sockets so guest time never
-/// delays socket I/O.
-struct GuestThreads(Option<tokio::runtime::Runtime>);
+/// The runtimes guest calls run on, kept apart from the one that serves sockets. Lanes whose calls
+/// are quick run on `quick`, one thread at the server's own priority; lanes whose last call ran
+/// longer than [`SLOW_CALL`] run on `slow`, whose threads run at a lower OS priority
+/// ([`SLOW_NICE`]). When slow guests and the rest of the server want the same CPU, the kernel gives
+/// it to deliveries and quick guests first: a slow tenant slows only slow tenants.
+struct GuestThreads {
+    quick: Option<tokio::runtime::Runtime>,
+    slow: Option<tokio::runtime::Runtime>,
+}
 
 impl GuestThreads {
-    fn handle(&self) -> &tokio::runtime::Handle {
-        self.0
+    fn start(slow_threads: usize) -> std::io::Result<Self> {
+        let runtime = |name: &str, threads: usize, lowered: bool| {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder
+                .worker_threads(threads.max(1))
+                .thread_name(name)
+                // A lane that just got work is spawned from outside onto the shared queue;
+                // checking it at every scheduling point lets it start at the next yield of a
+                // running guest instead of after dozens of them.
+                .global_queue_interval(1)
+                .enable_time();
+            if lowered {
+                builder.on_thread_start(lower_priority);
+            }
+            builder.build()
+        };
+        let quick = runtime("pgws-guest", 1, false)?;
+        let slow = runtime("pgws-guest-slow", slow_threads, true)?;
+        Ok(GuestThreads {
+            quick: Some(quick),
+            slow: Some(slow),
+        })
+    }
+
+    fn handle(&self, slow: bool) -> &tokio::runtime::Handle {
+        let runtime = if slow { &self.slow } else { &self.quick };
+        runtime
             .as_ref()
             .map(tokio::runtime::Runtime::handle)
             .expect("present until dropped")
@@ -124,9 +156,24 @@ impl GuestThreads {
 impl Drop for GuestThreads {
     fn drop(&mut self) {
         // The last handle may go from inside an async task, where a blocking drop would panic.
-        if let Some(runtime) = self.0.take() {
+        for runtime in [self.quick.take(), self.slow.take()].into_iter().flatten() {
             runtime.shutdown_background();
         }
+    }
+}
+
+/// A call that runs longer than this (guest time) marks its lane slow until a call is quick again.
+const SLOW_CALL: Duration = Duration::from_millis(2);
+
+/// How much lower the slow lanes' threads run, as a `nice` increment.
+const SLOW_NICE: i32 = 10;
+
+/// Lowers the calling thread's OS priority by [`SLOW_NICE`] (Linux keeps a nice value per thread).
+fn lower_priority() {
+    let tid = rustix::thread::gettid();
+    let current = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), current + SLOW_NICE) {
+        tracing::warn!(error = %e, "could not lower the slow guest threads' priority");
     }
 }
 
@@ -145,6 +192,8 @@ struct LaneState {
     runner: Option<Runner>,
     /// Whether messages are being dropped because the queue is full (logged once per episode).
     overflowing: bool,
+    /// Whether the lane's last guest call was slow: its task runs on the slow threads.
+    slow: bool,
     idle_since: Instant,
 }
 
@@ -162,27 +211,18 @@ impl Workers {
         rules: FailureRules,
         scheduling: Scheduling,
     ) -> std::io::Result<Workers> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(scheduling.threads.max(1))
-            .thread_name("pgws-guest")
-            .on_thread_start(lower_priority)
-            // A lane that just got work is spawned from outside onto the shared queue; checking it
-            // at every scheduling point lets a fast tenant's call start at the next yield of a slow
-            // one instead of after dozens of them.
-            .global_queue_interval(1)
-            .enable_time()
-            .build()?;
+        let threads = GuestThreads::start(scheduling.threads)?;
         let inner = Arc::new(Inner {
             registry,
             deliverer,
             rules,
             scheduling,
             lanes: Mutex::default(),
-            threads: GuestThreads(Some(runtime)),
+            threads,
         });
         inner
             .threads
-            .handle()
+            .handle(false)
             .spawn(cool_down(Arc::downgrade(&inner)));
         Ok(Workers { inner })
     }
@@ -274,6 +314,7 @@ impl Inner {
                 running: false,
                 runner: Some(Runner::new(self.scheduling.budget_per_sec)),
                 overflowing: false,
+                slow: false,
                 idle_since: Instant::now(),
             }),
         });
@@ -303,10 +344,11 @@ impl Inner {
         state.overflowing = false;
         if !state.running {
             state.running = true;
+            let slow = state.slow;
             drop(state);
             self.threads
-                .handle()
-                .spawn(drain(self.clone(), lane.clone()));
+                .handle(slow)
+                .spawn(drain(self.clone(), lane.clone(), slow));
         }
     }
 
@@ -430,8 +472,9 @@ impl Inner {
     }
 }
 
-/// Drains one lane: its jobs one after another, until none is left. Exactly one per lane runs.
-async fn drain(inner: Arc<Inner>, lane: Arc<Lane>) {
+/// Drains one lane: its jobs one after another, until none is left or the lane changed class (quick
+/// or slow) and must move to the other threads. Exactly one per lane runs.
+async fn drain(inner: Arc<Inner>, lane: Arc<Lane>, on_slow: bool) {
     let runner = lane.lock().runner.take();
     let mut draining = Draining {
         runner,
@@ -446,6 +489,12 @@ async fn drain(inner: Arc<Inner>, lane: Arc<Lane>) {
             .get_or_insert_with(|| Runner::new(draining.inner.scheduling.budget_per_sec));
         runner.throttle(&draining.lane.tenant).await;
         draining.inner.run(&draining.lane, runner, job).await;
+        let slow = runner.slow;
+        draining.lane.lock().slow = slow;
+        if slow != on_slow {
+            // `Draining` hands the rest of the queue to a task on the right threads.
+            break;
+        }
     }
 }
 
@@ -466,26 +515,17 @@ impl Drop for Draining {
             state.running = false;
             state.overflowing = false;
         } else {
+            let slow = state.slow;
             drop(state);
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(drain(self.inner.clone(), self.lane.clone()));
+            // Not during shutdown: the runtimes are going, and the jobs with them.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.inner.threads.handle(slow).spawn(drain(
+                    self.inner.clone(),
+                    self.lane.clone(),
+                    slow,
+                ));
             }
         }
-    }
-}
-
-/// How much lower than the rest of the server guest threads run, as a `nice` increment. When guests
-/// and deliveries both want the CPU, the kernel then gives it to deliveries (socket I/O, the
-/// dispatcher) first: a tenant's guest work can slow only guest work, never another tenant's
-/// delivery.
-const GUEST_NICE: i32 = 10;
-
-/// Lowers the calling guest thread's OS priority (Linux keeps a nice value per thread).
-fn lower_priority() {
-    let tid = rustix::thread::gettid();
-    let current = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
-    if let Err(e) = rustix::process::setpriority_process(Some(tid), current + GUEST_NICE) {
-        tracing::warn!(error = %e, "could not lower the guest threads' priority");
     }
 }
 
@@ -513,10 +553,11 @@ async fn cool_down(inner: std::sync::Weak<Inner>) {
     }
 }
 
-/// The guest side of a lane: its guest slot and its time budget.
+/// The guest side of a lane: its guest slot, its time budget, and whether its last call was slow.
 struct Runner {
     slot: Option<GuestSlot>,
     budget: Budget,
+    slow: bool,
 }
 
 /// A guest call that produced nothing usable; its message follows the failure policy.
@@ -530,6 +571,7 @@ impl Runner {
         Runner {
             slot: None,
             budget: Budget::new(budget_per_sec),
+            slow: false,
         }
     }
 
@@ -609,6 +651,7 @@ impl Runner {
         spent: Duration,
     ) -> Result<R, Failed> {
         self.budget.charge(spent);
+        self.slow = spent > SLOW_CALL;
         if let Some(slot) = self.slot.as_mut() {
             slot.seconds.record(spent.as_secs_f64());
             if result.is_ok() {

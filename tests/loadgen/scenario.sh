@@ -73,8 +73,10 @@ if [ -z "${DATABASE_URL:-}" ]; then
 fi
 
 port=${PORT:-18080}
+# PGWS_ARGS: extra server flags for a run (e.g. PGWS_ARGS="--guest-threads 1").
 server() {
-  PGWS_LOG=warn "$bin/pgws" --listen "127.0.0.1:$port" "$@" >/dev/null 2>&1 &
+  # shellcheck disable=SC2086
+  PGWS_LOG=warn "$bin/pgws" --listen "127.0.0.1:$port" "$@" ${PGWS_ARGS:-} >/dev/null 2>&1 &
   pids+=($!)
   server_pid=$!
   for _ in $(seq 100); do
@@ -120,12 +122,13 @@ case "$scenario" in
     for s in s0 s1 s2 s3 s4 s5; do cp "$guests/built/misbehave.wasm" "$guests/$s.wasm"; done
     server_args=(--guests "$guests")
     if [ "$scenario" = isolation ]; then
-      # The slow tenants' traffic, from its own connection: 10 messages a second each.
+      # The slow tenants' traffic, over one connection of its own: 10 messages a second each.
       (
-        for k in $(seq 400); do
-          psql -q "$DATABASE_URL" -c "SELECT pg_notify('pgwebsocket', 's' || i || ',{\"do\":\"spin\",\"ms\":80,\"k\":$k}') FROM generate_series(0, 3) i; SELECT pg_notify('pgwebsocket', 's' || i || ',{\"do\":\"loop\",\"k\":$k}') FROM generate_series(4, 5) i" >/dev/null 2>&1
+        for k in $(seq 600); do
+          echo "SELECT pg_notify('pgwebsocket', 's' || i || ',{\"do\":\"spin\",\"ms\":80,\"k\":$k}') FROM generate_series(0, 3) i;"
+          echo "SELECT pg_notify('pgwebsocket', 's' || i || ',{\"do\":\"loop\",\"k\":$k}') FROM generate_series(4, 5) i;"
           sleep 0.1
-        done
+        done | psql -q "$DATABASE_URL" >/dev/null 2>&1
       ) &
       pids+=($!)
     fi

@@ -235,7 +235,13 @@ async fn socketio_handshake(ws: &mut Ws, channel: &str) -> anyhow::Result<()> {
 struct Totals {
     delivered: AtomicU64,
     latency: Mutex<Histogram<u64>>,
+    /// Latency per tenant, for runs over a few tenants (each tenant's figures show whether one
+    /// tenant's load reached another).
+    per_tenant: Mutex<Vec<Histogram<u64>>>,
 }
+
+/// Runs over at most this many tenants also report latency per tenant.
+const PER_TENANT_REPORT: usize = 8;
 
 async fn open_client(args: &Args, i: usize) -> anyhow::Result<Ws> {
     let url = match args.protocol {
@@ -290,13 +296,20 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_after = args.server_pid.and_then(proc_stats);
 
+    let tenant_report = args.protocol == Protocol::Ws && args.tenants <= PER_TENANT_REPORT;
     let totals = Arc::new(Totals {
         delivered: AtomicU64::new(0),
         latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+        per_tenant: Mutex::new(
+            (0..if tenant_report { args.tenants } else { 0 })
+                .map(|_| Histogram::new_with_bounds(1, 60_000_000, 3))
+                .collect::<Result<_, _>>()?,
+        ),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut readers = Vec::new();
-    for ws in sockets {
+    for (i, ws) in sockets.into_iter().enumerate() {
+        let tenant = i % args.tenants.max(1);
         let totals = totals.clone();
         let mut stop = stop_rx.clone();
         readers.push(tokio::spawn(async move {
@@ -325,6 +338,11 @@ async fn main() -> anyhow::Result<()> {
             totals.delivered.fetch_add(count, Ordering::Relaxed);
             if let Ok(mut h) = totals.latency.lock() {
                 let _ = h.add(&local);
+            }
+            if let Ok(mut per) = totals.per_tenant.lock() {
+                if let Some(h) = per.get_mut(tenant) {
+                    let _ = h.add(&local);
+                }
             }
         }));
     }
@@ -413,6 +431,12 @@ async fn main() -> anyhow::Result<()> {
         .lock()
         .map_err(|_| anyhow::anyhow!("histogram lock"))?
         .clone();
+    let per_tenant = totals
+        .per_tenant
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram lock"))?
+        .clone();
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
 
     let ticks_per_sec = 100.0;
     let cpu = match (cpu_before, cpu_after) {
@@ -448,6 +472,12 @@ async fn main() -> anyhow::Result<()> {
             "p999": h.value_at_quantile(0.999) as f64 / 1000.0,
             "max": h.max() as f64 / 1000.0,
         },
+        "latency_ms_per_tenant": per_tenant.iter().enumerate().map(|(t, h)| serde_json::json!({
+            "tenant": format!("t{t}"),
+            "p50": ms(h, 0.50),
+            "p99": ms(h, 0.99),
+            "max": h.max() as f64 / 1000.0,
+        })).collect::<Vec<_>>(),
         "server_cpu_percent": cpu,
         "server_rss_kib": cpu_after.map(|(_, rss)| rss),
         "rss_bytes_per_idle_connection": idle_per_conn,
@@ -497,6 +527,15 @@ async fn main() -> anyhow::Result<()> {
             h.value_at_quantile(0.999) as f64 / 1000.0,
             h.max() as f64 / 1000.0
         );
+        for (t, h) in per_tenant.iter().enumerate() {
+            println!(
+                "{:<30} p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                format!("  tenant t{t}"),
+                ms(h, 0.5),
+                ms(h, 0.99),
+                h.max() as f64 / 1000.0
+            );
+        }
         if let Some(cpu) = cpu {
             println!("{:<30} {:.0} % of one core", "server CPU", cpu);
         }
