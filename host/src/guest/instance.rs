@@ -1,205 +1,23 @@
 //! One warm guest instance and the checks around each call into it.
 //!
-//! Owns the per-instance [`Store`] (WASI context with no capabilities, memory limiter, log budget, the
-//! tail of what the guest printed) and turns one call into either a checked [`Verdict`] or a
-//! [`CallFailure`]. Calls are async: every epoch tick the guest yields its thread, so a slow guest
+//! Owns the per-instance [`Store`] (built on [`GuestState`]: WASI context with no capabilities,
+//! memory cap, log budget, the tail of what the guest printed) and turns one call into either a
+//! checked [`Verdict`] or a [`CallFailure`]. Calls are async: every epoch tick the guest yields its thread, so a slow guest
 //! shares the guest threads with every other tenant instead of holding one, and a call that has run
 //! for its whole deadline is interrupted. After a failure the instance must not be entered again: the
 //! caller drops it and makes a new one. It does not choose which module a tenant runs (`registry`)
 //! or what happens to the verdict (`workers`, `deliver`).
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi::WasiCtx;
 
 use super::bindings::{
     Authorization, AuthorizerExport, ClientHandlerExport, ClientMessageRef, ClientVerdict,
-    ConnectionRef, HandlerExport, LogHost, LogLevel, NotificationRef, Verdict,
+    ConnectionRef, HandlerExport, NotificationRef, Verdict,
 };
 use super::runtime::{GuestLimits, GuestModule, GuestRuntime};
-
-/// Log lines one call may write; more are counted and dropped so a chatty guest cannot flood the log.
-const LOG_LINES_PER_CALL: u32 = 16;
-/// Longest log line kept from a guest, in bytes.
-const LOG_LINE_MAX: usize = 1024;
-/// Bytes of the guest's stdout/stderr kept (the most recent ones): enough for a panic message or a
-/// JavaScript exception, small enough that a guest printing in a loop costs nothing but this buffer.
-const OUTPUT_TAIL: usize = 2048;
-
-/// Everything a guest's store holds.
-pub struct GuestState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    memory: MemoryCap,
-    tenant: String,
-    log_budget: u32,
-    /// Epoch slices the current call may still run before it is interrupted.
-    slices_left: u64,
-}
-
-impl WasiView for GuestState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl super::bindings::pgws::guest::types::Host for GuestState {}
-
-impl LogHost for GuestState {
-    fn log(&mut self, level: LogLevel, message: String) {
-        if self.log_budget == 0 {
-            return;
-        }
-        self.log_budget -= 1;
-        let mut message = message;
-        truncate_utf8(&mut message, LOG_LINE_MAX);
-        let tenant = self.tenant.as_str();
-        match level {
-            LogLevel::Debug => tracing::debug!(tenant, guest_log = %message),
-            LogLevel::Info => tracing::info!(tenant, guest_log = %message),
-            LogLevel::Warn => tracing::warn!(tenant, guest_log = %message),
-            LogLevel::Error => tracing::error!(tenant, guest_log = %message),
-        }
-    }
-}
-
-fn truncate_utf8(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-}
-
-/// Caps an instance's linear memory and tables, and remembers that it refused a growth, so a
-/// failed call is classified by what happened rather than by the text of an error.
-struct MemoryCap {
-    max_bytes: usize,
-    refused: bool,
-}
-
-impl ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
-            self.refused = true;
-            wasmtime::bail!("guest memory would grow to {desired} bytes, over its cap");
-        }
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        // Tables hold function references; a million entries is far past any real guest.
-        if desired > 1_000_000 {
-            self.refused = true;
-            wasmtime::bail!("guest table would grow to {desired} entries, over its cap");
-        }
-        Ok(true)
-    }
-}
-
-/// The last [`OUTPUT_TAIL`] bytes a guest wrote to stdout or stderr. A guest's panic handler or
-/// uncaught-exception printer writes there, so a trap's log line can say what the guest said.
-#[derive(Clone, Default)]
-pub struct OutputTail(Arc<Mutex<VecDeque<u8>>>);
-
-impl OutputTail {
-    fn push(&self, bytes: &[u8]) {
-        let mut tail = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let keep = bytes.len().min(OUTPUT_TAIL);
-        let overflow = (tail.len() + keep).saturating_sub(OUTPUT_TAIL);
-        tail.drain(..overflow);
-        tail.extend(&bytes[bytes.len() - keep..]);
-    }
-
-    /// What the guest printed since the last call to this, trimmed, lossily decoded.
-    pub fn take(&self) -> String {
-        let mut tail = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let bytes: Vec<u8> = tail.drain(..).collect();
-        String::from_utf8_lossy(&bytes).trim().to_owned()
-    }
-}
-
-impl IsTerminal for OutputTail {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for OutputTail {
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
-    }
-
-    fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(self.clone())
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl Pollable for OutputTail {
-    async fn ready(&mut self) {}
-}
-
-impl OutputStream for OutputTail {
-    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
-        self.push(&bytes);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> StreamResult<()> {
-        Ok(())
-    }
-
-    fn check_write(&mut self) -> StreamResult<usize> {
-        // Always room: old bytes make way for new ones.
-        Ok(64 * 1024)
-    }
-}
-
-impl tokio::io::AsyncWrite for OutputTail {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.push(buf);
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-}
+use super::state::{GuestState, MemoryCap, OutputTail, LOG_LINES_PER_CALL};
 
 /// Why a call produced no usable verdict. The variant name is the metric label.
 #[derive(Debug, thiserror::Error)]
@@ -275,10 +93,7 @@ impl GuestInstance {
         let state = GuestState {
             wasi,
             table: ResourceTable::new(),
-            memory: MemoryCap {
-                max_bytes: runtime.limits.memory_bytes,
-                refused: false,
-            },
+            memory: MemoryCap::new(runtime.limits.memory_bytes),
             tenant: tenant.to_owned(),
             log_budget: LOG_LINES_PER_CALL,
             slices_left: slices,
@@ -441,20 +256,28 @@ fn check_output(verdict: Verdict, limits: &GuestLimits) -> Result<Verdict, CallF
     Ok(verdict)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Instantiates `module` once, as the server would for a tenant: catches start functions that trap
+/// and memories over the cap before a module may replace a working one. Runs off the async runtime
+/// (a blocking thread, the watcher), driving the instantiation on this thread.
+pub fn check(runtime: &GuestRuntime, module: &GuestModule) -> wasmtime::Result<()> {
+    block_on(GuestInstance::new(runtime, module, "_check")).map(drop)
+}
 
-    #[test]
-    fn output_tail_keeps_the_most_recent_bytes() {
-        let tail = OutputTail::default();
-        tail.push(b"first line\n");
-        tail.push(&vec![b'x'; OUTPUT_TAIL]);
-        tail.push(b"panicked at 'boom'");
-        let text = tail.take();
-        assert_eq!(text.len(), OUTPUT_TAIL);
-        assert!(text.ends_with("panicked at 'boom'"), "{text}");
-        assert!(!text.contains("first line"));
-        assert_eq!(tail.take(), "", "taken once");
+/// Drives a future to completion on this thread; a guest's yields just poll again.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! - `bindings`: the generated WIT bindings and their mapping to host types;
 //! - `runtime`: engine, linker, compile cache, epoch clock, limits;
+//! - `state`: what an instance's store holds (no-capability WASI, memory cap, log budget, output tail);
 //! - `instance`: one warm instance and the checks around a call;
 //! - `registry`: which module serves which tenant, swapped atomically, with one version of history;
 //! - `watch`: follows the guest directory and reloads what changed.
@@ -12,6 +13,7 @@ mod bindings;
 mod instance;
 mod registry;
 mod runtime;
+mod state;
 mod watch;
 
 pub use bindings::{

@@ -178,7 +178,10 @@ impl GuestRegistry {
     /// is kept for [`rollback`](Self::rollback).
     pub fn load(&self, target: GuestTarget, bytes: &[u8]) -> Result<Arc<GuestModule>, LoadError> {
         let change = self.begin(&target);
-        let outcome = self.runtime.compile(bytes);
+        let outcome = self.runtime.compile(bytes).and_then(|module| {
+            super::instance::check(&self.runtime, &module).map_err(LoadError::Instantiate)?;
+            Ok(module)
+        });
         let label = if outcome.is_ok() { "ok" } else { "refused" };
         metrics::counter!(crate::metrics::GUEST_LOADS, "outcome" => label).increment(1);
         let module = Arc::new(outcome?);

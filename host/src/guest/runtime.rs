@@ -15,7 +15,7 @@ use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Cache, CacheConfig, Config, Engine};
 
 use super::bindings::{AuthorizerIndices, ClientHandlerIndices, Gatekeeper, HandlerIndices};
-use super::instance::GuestState;
+use super::state::GuestState;
 
 /// How often the epoch clock ticks. Deadlines are whole ticks, so this is their resolution.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -165,8 +165,9 @@ impl GuestRuntime {
     }
 
     /// Compiles and checks a component. Slow (milliseconds to seconds): never call it on the message
-    /// path. A component is accepted only if it compiles, links against exactly what pgws offers,
-    /// exports the `filter` world, and can be instantiated once.
+    /// path. A component is accepted only if it compiles, links against exactly what pgws offers and
+    /// exports the `filter` world; the registry also instantiates it once (`instance::check`) before
+    /// it may serve.
     pub fn compile(&self, bytes: &[u8]) -> Result<GuestModule, LoadError> {
         let started = Instant::now();
         let component = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
@@ -175,7 +176,7 @@ impl GuestRuntime {
             .instantiate_pre(&component)
             .map_err(LoadError::WrongWorld)?;
         let handler = HandlerIndices::new(&pre).map_err(LoadError::WrongWorld)?;
-        let module = GuestModule {
+        Ok(GuestModule {
             handler,
             client_handler: ClientHandlerIndices::new(&pre).ok(),
             authorizer: AuthorizerIndices::new(&pre).ok(),
@@ -185,12 +186,7 @@ impl GuestRuntime {
             loaded_at: SystemTime::now(),
             compile_time: started.elapsed(),
             failures: AtomicU64::new(0),
-        };
-        // A trial instance catches start functions that trap or memories over the cap before the
-        // module is allowed to replace a working one.
-        block_on(super::instance::GuestInstance::new(self, &module, "_check"))
-            .map_err(LoadError::Instantiate)?;
-        Ok(module)
+        })
     }
 }
 
@@ -200,24 +196,4 @@ pub(super) fn short_digest(bytes: &[u8]) -> String {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     });
     format!("{hash:016x}")
-}
-
-/// Drives a future to completion on this thread. For the trial instantiation in [`GuestRuntime::compile`],
-/// which runs off the async runtime (a blocking thread, the watcher); a guest's yields just poll again.
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-            return out;
-        }
-        std::thread::park();
-    }
 }

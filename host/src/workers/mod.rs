@@ -16,8 +16,9 @@
 //! failing, fail closed for a guest that was meant to serve but never loaded). It does not parse
 //! payloads (`dispatch`) or turn verdicts into deliveries (`deliver`).
 
+mod runner;
+
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -28,10 +29,10 @@ use crate::config::FailurePolicy;
 use crate::deliver::{self, Deliverer, Notify, Outcome, TenantStream};
 use crate::envelope::{JsonBody, TenantId, Topic};
 use crate::guest::{
-    Authorization, CallFailure, ClientMessageRef, ClientVerdict, ConnectionRef, GuestInstance,
-    GuestModule, GuestRegistry, GuestRuntime, Lookup, Verdict,
+    Authorization, ClientMessageRef, ClientVerdict, ConnectionRef, GuestRegistry, Lookup,
 };
 use crate::metrics as m;
+use runner::Runner;
 
 /// How guest failures are handled.
 #[derive(Debug, Clone)]
@@ -61,12 +62,6 @@ const WARM_FOR: Duration = Duration::from_secs(60);
 /// Longest a session waits for its tenant's guest to answer a publish or a connect (its request may
 /// queue behind the tenant's own messages); then it is refused rather than left hanging.
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
-
-/// A call's wall-clock bound, as a multiple of its running-time deadline. Epoch interruption counts
-/// only time the guest runs; a guest that waits (a WASI sleep or poll) uses none, and a guest that
-/// yields to others takes longer than it runs. This bound catches the first and leaves room for the
-/// second.
-const WALL_FACTOR: u32 = 10;
 
 /// What becomes of a message a client published.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +106,7 @@ struct Inner {
 
 /// The runtimes guest calls run on, kept apart from the one that serves sockets. Lanes whose calls
 /// are quick run on `quick`, one thread at the server's own priority; lanes whose last call ran
-/// longer than [`SLOW_CALL`] run on `slow`, whose threads run at a lower OS priority
+/// longer than [`runner::SLOW_CALL`] run on `slow`, whose threads run at a lower OS priority
 /// ([`SLOW_NICE`]). When slow guests and the rest of the server want the same CPU, the kernel gives
 /// it to deliveries and quick guests first: a slow tenant slows only slow tenants.
 struct GuestThreads {
@@ -161,9 +156,6 @@ impl Drop for GuestThreads {
         }
     }
 }
-
-/// A call that runs longer than this (guest time) marks its lane slow until a call is quick again.
-const SLOW_CALL: Duration = Duration::from_millis(2);
 
 /// How much lower the slow lanes' threads run, as a `nice` increment.
 const SLOW_NICE: i32 = 10;
@@ -395,7 +387,10 @@ impl Inner {
                             .increment(1);
                         self.on_failure(&n, "not_loaded", NOT_LOADED.into())
                     }
-                    Lookup::Guest(module) => match runner.on_notify(self, module, &n).await {
+                    Lookup::Guest(module) => match runner
+                        .on_notify(self.registry.runtime(), &self.rules, module, &n)
+                        .await
+                    {
                         Ok(verdict) => {
                             let outcome = deliver::apply(verdict, &n);
                             runner.count(&outcome);
@@ -415,7 +410,13 @@ impl Inner {
                             body: body.as_str(),
                         };
                         match runner
-                            .on_client_message(self, tenant, module, &message)
+                            .on_client_message(
+                                self.registry.runtime(),
+                                &self.rules,
+                                tenant,
+                                module,
+                                &message,
+                            )
                             .await
                         {
                             Ok(ClientVerdict::Accept) => ClientOutcome::Accept(body),
@@ -449,7 +450,13 @@ impl Inner {
                             claims: &claims,
                         };
                         runner
-                            .authorize(self, tenant, module, &connection)
+                            .authorize(
+                                self.registry.runtime(),
+                                &self.rules,
+                                tenant,
+                                module,
+                                &connection,
+                            )
                             .await
                             .unwrap_or_else(|f| {
                                 Authorization::Deny(format!("guest failed ({})", f.kind))
@@ -545,342 +552,10 @@ async fn cool_down(inner: std::sync::Weak<Inner>) {
         for lane in lanes {
             let mut state = lane.lock();
             if !state.running && state.idle_since.elapsed() >= WARM_FOR {
-                if let Some(slot) = state.runner.as_mut().and_then(|r| r.slot.as_mut()) {
-                    slot.instance = None;
+                if let Some(runner) = state.runner.as_mut() {
+                    runner.cool();
                 }
             }
         }
-    }
-}
-
-/// The guest side of a lane: its guest slot, its time budget, and whether its last call was slow.
-struct Runner {
-    slot: Option<GuestSlot>,
-    budget: Budget,
-    slow: bool,
-}
-
-/// A guest call that produced nothing usable; its message follows the failure policy.
-struct Failed {
-    kind: &'static str,
-    detail: String,
-}
-
-impl Runner {
-    fn new(budget_per_sec: Duration) -> Self {
-        Runner {
-            slot: None,
-            budget: Budget::new(budget_per_sec),
-            slow: false,
-        }
-    }
-
-    /// Waits out the rest of the second if the tenant used its guest-time budget.
-    async fn throttle(&mut self, tenant: &TenantId) {
-        if let Some(until) = self.budget.exhausted_until(Instant::now()) {
-            metrics::counter!(m::GUEST_THROTTLED, "tenant" => tenant.to_string()).increment(1);
-            tracing::debug!(%tenant, "guest over its time budget; throttled until the next second");
-            tokio::time::sleep_until(until.into()).await;
-        }
-    }
-
-    /// A warm instance of `module` for the next call, unless the guest is isolated or cannot be
-    /// instantiated (that failure is accounted like a failed call).
-    async fn instance(
-        &mut self,
-        inner: &Inner,
-        tenant: &TenantId,
-        module: Arc<GuestModule>,
-    ) -> Result<&mut GuestInstance, Failed> {
-        // The registry is the truth: a slot whose module was replaced starts afresh, so the next
-        // message after a swap runs on the new module.
-        if self
-            .slot
-            .as_ref()
-            .is_some_and(|slot| !Arc::ptr_eq(&slot.module, &module))
-        {
-            self.slot = None;
-        }
-        let slot = self
-            .slot
-            .get_or_insert_with(|| GuestSlot::new(module, tenant));
-        if let Some(until) = slot.isolated_until {
-            if Instant::now() < until {
-                return Err(Failed {
-                    kind: "guest_isolated",
-                    detail: "guest is isolated after repeated failures".into(),
-                });
-            }
-            slot.isolated_until = None;
-            slot.failures = 0;
-            tracing::info!(%tenant, "isolation over; trying the guest again");
-        }
-        if slot.instance.is_none() {
-            let runtime = inner.registry.runtime();
-            let (made, spent) =
-                timed(GuestInstance::new(runtime, &slot.module, tenant.as_str())).await;
-            self.budget.charge(spent);
-            match made {
-                Ok(instance) => {
-                    if let Some(slot) = self.slot.as_mut() {
-                        slot.instance = Some(instance);
-                    }
-                }
-                Err(e) => {
-                    let failure = CallFailure::Instantiate(format!("{e:#}"));
-                    return Err(self.fail(inner, tenant, failure));
-                }
-            }
-        }
-        self.slot
-            .as_mut()
-            .and_then(|slot| slot.instance.as_mut())
-            .ok_or(Failed {
-                kind: "instantiate",
-                detail: "no instance".into(),
-            })
-    }
-
-    /// Accounts one finished call — time, failure record, isolation, logging — and passes its
-    /// result on.
-    fn settle<R>(
-        &mut self,
-        inner: &Inner,
-        tenant: &TenantId,
-        result: Result<R, CallFailure>,
-        spent: Duration,
-    ) -> Result<R, Failed> {
-        self.budget.charge(spent);
-        self.slow = spent > SLOW_CALL;
-        if let Some(slot) = self.slot.as_mut() {
-            slot.seconds.record(spent.as_secs_f64());
-            if result.is_ok() {
-                slot.failures = 0;
-            }
-        }
-        result.map_err(|failure| self.fail(inner, tenant, failure))
-    }
-
-    /// Records a failed call: the failure count and isolation rule, the metric, and a log line
-    /// with what the guest printed last.
-    fn fail(&mut self, inner: &Inner, tenant: &TenantId, failure: CallFailure) -> Failed {
-        let failed = Failed {
-            kind: failure.kind(),
-            detail: failure.to_string(),
-        };
-        let Some(slot) = self.slot.as_mut() else {
-            return failed;
-        };
-        let printed = slot
-            .instance
-            .as_ref()
-            .map(GuestInstance::take_output)
-            .unwrap_or_default();
-        if failure.poisons_instance() {
-            slot.instance = None;
-        }
-        crate::guest::count_failure(&slot.module);
-        slot.failures += 1;
-        metrics::counter!(m::GUEST_FAILURES, "tenant" => tenant.to_string(), "kind" => failure.kind())
-            .increment(1);
-        tracing::error!(
-            %tenant,
-            version = %slot.module.version,
-            kind = failure.kind(),
-            error = %failure,
-            // Quoted, so a multi-line panic message stays one log line.
-            guest_output = ?printed,
-            "guest call failed"
-        );
-        if slot.failures >= inner.rules.max_failures {
-            slot.isolated_until = Some(Instant::now() + inner.rules.isolation);
-            tracing::error!(
-                %tenant,
-                failures = slot.failures,
-                isolation = ?inner.rules.isolation,
-                "guest isolated after repeated failures"
-            );
-        }
-        failed
-    }
-
-    /// `on-notify` of `module` for `n`.
-    async fn on_notify(
-        &mut self,
-        inner: &Inner,
-        module: Arc<GuestModule>,
-        n: &Notify,
-    ) -> Result<Verdict, Failed> {
-        let runtime = inner.registry.runtime();
-        let instance = self.instance(inner, &n.tenant, module).await?;
-        let (result, spent) = timed(bounded(
-            runtime,
-            instance.on_notify(runtime, &n.as_guest_input()),
-        ))
-        .await;
-        self.settle(inner, &n.tenant, result, spent)
-    }
-
-    /// `on-client-message` of `module`.
-    async fn on_client_message(
-        &mut self,
-        inner: &Inner,
-        tenant: &TenantId,
-        module: Arc<GuestModule>,
-        message: &ClientMessageRef<'_>,
-    ) -> Result<ClientVerdict, Failed> {
-        let runtime = inner.registry.runtime();
-        let instance = self.instance(inner, tenant, module).await?;
-        let (result, spent) = timed(bounded(
-            runtime,
-            instance.on_client_message(runtime, message),
-        ))
-        .await;
-        self.settle(inner, tenant, result, spent)
-    }
-
-    /// `authorize` of `module`.
-    async fn authorize(
-        &mut self,
-        inner: &Inner,
-        tenant: &TenantId,
-        module: Arc<GuestModule>,
-        connection: &ConnectionRef<'_>,
-    ) -> Result<Authorization, Failed> {
-        let runtime = inner.registry.runtime();
-        let instance = self.instance(inner, tenant, module).await?;
-        let (result, spent) =
-            timed(bounded(runtime, instance.authorize(runtime, connection))).await;
-        self.settle(inner, tenant, result, spent)
-    }
-
-    /// Counts a delivered verdict's outcome for the tenant.
-    fn count(&self, outcome: &Outcome) {
-        if let Some(slot) = &self.slot {
-            slot.count(outcome);
-        }
-    }
-}
-
-/// Bounds a guest call in wall-clock time ([`WALL_FACTOR`] × its deadline). A call cut off here
-/// counts as a timeout, which also discards the instance.
-async fn bounded<R>(
-    runtime: &GuestRuntime,
-    call: impl Future<Output = Result<R, CallFailure>>,
-) -> Result<R, CallFailure> {
-    let deadline = runtime.limits().timeout;
-    tokio::time::timeout(deadline * WALL_FACTOR, call)
-        .await
-        .unwrap_or(Err(CallFailure::Timeout(deadline)))
-}
-
-/// Runs `future` and measures the time spent inside its polls: the guest's own running time, not
-/// the time it waited for a thread after yielding.
-async fn timed<F: Future>(future: F) -> (F::Output, Duration) {
-    let mut future = std::pin::pin!(future);
-    let mut spent = Duration::ZERO;
-    let output = std::future::poll_fn(|cx| {
-        let started = Instant::now();
-        let poll = future.as_mut().poll(cx);
-        spent += started.elapsed();
-        poll
-    })
-    .await;
-    (output, spent)
-}
-
-/// One tenant's guest as its lane sees it: the module, a warm instance, its failure record and its
-/// per-tenant series.
-struct GuestSlot {
-    module: Arc<GuestModule>,
-    /// `None` after a failure that leaves the instance unusable, or after a quiet spell; rebuilt
-    /// on the next call.
-    instance: Option<GuestInstance>,
-    failures: u32,
-    isolated_until: Option<Instant>,
-    /// `pgws_guest_calls_total{tenant, outcome}` for delivered, dropped, rejected.
-    outcomes: [metrics::Counter; 3],
-    /// `pgws_guest_call_seconds{tenant}`.
-    seconds: metrics::Histogram,
-}
-
-impl GuestSlot {
-    fn new(module: Arc<GuestModule>, tenant: &TenantId) -> Self {
-        let outcome = |label: &'static str| metrics::counter!(m::GUEST_CALLS, "tenant" => tenant.to_string(), "outcome" => label);
-        GuestSlot {
-            outcomes: [
-                outcome("delivered"),
-                outcome("dropped"),
-                outcome("rejected"),
-            ],
-            seconds: metrics::histogram!(m::GUEST_CALL_SECONDS, "tenant" => tenant.to_string()),
-            module,
-            instance: None,
-            failures: 0,
-            isolated_until: None,
-        }
-    }
-
-    fn count(&self, outcome: &Outcome) {
-        let counter = match outcome {
-            Outcome::Deliver(_) => &self.outcomes[0],
-            Outcome::Dropped => &self.outcomes[1],
-            Outcome::Rejected(..) => &self.outcomes[2],
-        };
-        counter.increment(1);
-    }
-}
-
-/// Guest time a tenant may use per second.
-struct Budget {
-    per_sec: Duration,
-    window_start: Instant,
-    used: Duration,
-}
-
-impl Budget {
-    fn new(per_sec: Duration) -> Self {
-        Budget {
-            per_sec,
-            window_start: Instant::now(),
-            used: Duration::ZERO,
-        }
-    }
-
-    fn roll(&mut self, now: Instant) {
-        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
-            self.window_start = now;
-            self.used = Duration::ZERO;
-        }
-    }
-
-    fn charge(&mut self, spent: Duration) {
-        self.roll(Instant::now());
-        self.used += spent;
-    }
-
-    /// When the budget of the current second is spent, the moment the next second starts.
-    fn exhausted_until(&mut self, now: Instant) -> Option<Instant> {
-        self.roll(now);
-        (self.used >= self.per_sec).then(|| self.window_start + Duration::from_secs(1))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn budget_throttles_until_the_next_second() {
-        let mut b = Budget::new(Duration::from_millis(100));
-        let start = b.window_start;
-        assert_eq!(b.exhausted_until(start), None);
-        b.used = Duration::from_millis(100);
-        assert_eq!(
-            b.exhausted_until(start + Duration::from_millis(10)),
-            Some(start + Duration::from_secs(1))
-        );
-        assert_eq!(b.exhausted_until(start + Duration::from_secs(1)), None);
-        assert_eq!(b.used, Duration::ZERO, "a new second starts afresh");
     }
 }

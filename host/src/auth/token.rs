@@ -1,22 +1,10 @@
-//! Who a client is: one rule for every endpoint, from the credentials it presented to an
-//! [`Identity`] with least-privilege grants.
+//! Token verification: the keys (an HS256 secret of at least 32 bytes, an RS256/ES256/EdDSA public
+//! key, a JWKS file of keys chosen by `kid` and reloaded when it changes), the algorithm rule
+//! (`alg: none` and any algorithm without a key are refused), and the claim rules (`exp` and `nbf` as
+//! any JSON number with a small leeway, `aud`/`iss` when configured) that turn a token into an
+//! [`Identity`].
 //!
-//! Owns token verification (HS256 secrets of at least 32 bytes, RS256/ES256/EdDSA public keys, and a
-//! JWKS file of keys chosen by `kid`, reloaded when it changes; `alg: none` and any algorithm without
-//! a key are refused), the claim rules (`exp` and `nbf` as any JSON number with a small leeway,
-//! `aud`/`iss` when configured), and [`identify`], which `/ws` and socket.io both call. Grants:
-//!
-//! | claim | absent means |
-//! | --- | --- |
-//! | tenant (name configurable) | refused |
-//! | `topics` | no topic: only the tenant's messages without a topic, read and (`rw`) publish |
-//! | `channels` | no socket.io channel |
-//! | `mode` | `r`: read only |
-//! | `exp` | refused |
-//!
-//! A token that lists `topics` is topic-limited: it reads messages without a topic plus the topics it
-//! lists, and publishes only to topics it lists (never tenant-wide). It does not decide what a
-//! session receives (`hub`) or speak HTTP (`upgrade`, `socketio`).
+//! It does not decide which credentials win when a client sends several (`auth::identify`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,88 +16,12 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
-use crate::channels::{ChannelName, ChannelPattern};
-use crate::envelope::{NameError, TenantId, Topic, TopicPattern};
-
-/// Subprotocol prefix that carries a token, for browsers that cannot set headers:
-/// `new WebSocket(url, ["pgws.v1", "bearer." + token])`.
-pub const TOKEN_PROTOCOL_PREFIX: &str = "bearer.";
+use super::identity::Identity;
+use crate::channels::ChannelPattern;
+use crate::envelope::{NameError, TenantId, TopicPattern};
 
 /// Shortest HS256 secret accepted: RFC 7518 §3.2 asks for a key at least as long as the hash.
 pub const MIN_SECRET_LEN: usize = 32;
-
-/// A verified client.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub tenant: TenantId,
-    /// Topics this client may read and publish to (besides messages without a topic).
-    pub topics: Arc<[TopicPattern]>,
-    /// Whether it may publish without a topic (to every session of the tenant): only a token
-    /// without a `topics` claim, and development identities.
-    pub tenant_wide: bool,
-    /// Postgres channels a socket.io client may subscribe to by name.
-    pub channels: Arc<[ChannelPattern]>,
-    pub can_publish: bool,
-    /// When the token expires; `None` for development identities.
-    pub expires_at: Option<SystemTime>,
-    /// The token's claims as JSON, for the guest's authorize hook.
-    pub claims: String,
-}
-
-impl Identity {
-    /// A development identity from `?tenant=` (only with `--insecure-tenant-param`): every topic and
-    /// channel, may publish, never expires.
-    pub fn insecure(tenant: TenantId) -> Identity {
-        Identity {
-            claims: serde_json::json!({ "tenant": tenant.as_str(), "insecure": true }).to_string(),
-            tenant,
-            topics: Arc::from([TopicPattern::any()]),
-            tenant_wide: true,
-            channels: Arc::from([ChannelPattern::any()]),
-            can_publish: true,
-            expires_at: None,
-        }
-    }
-
-    /// socketio_pg's anonymous client (`--socketio-anonymous-tenant`): every unreserved channel,
-    /// read only unless `can_publish` (`--socketio-test-pub`).
-    pub fn anonymous(tenant: TenantId, can_publish: bool) -> Identity {
-        Identity {
-            claims: serde_json::json!({ "tenant": tenant.as_str(), "anonymous": true }).to_string(),
-            tenant,
-            topics: Arc::from([]),
-            tenant_wide: false,
-            channels: Arc::from([ChannelPattern::any()]),
-            can_publish,
-            expires_at: None,
-        }
-    }
-
-    /// Whether this client may read `topic`.
-    pub fn allows(&self, topic: &Topic) -> bool {
-        self.topics.iter().any(|p| p.matches(topic))
-    }
-
-    /// Whether this client may publish to `topic` (`None`: tenant-wide).
-    pub fn may_publish_to(&self, topic: Option<&Topic>) -> bool {
-        self.can_publish && topic.map_or(self.tenant_wide, |t| self.allows(t))
-    }
-
-    /// Whether the token lets this socket.io client subscribe to `channel`.
-    pub fn allows_channel(&self, channel: &ChannelName) -> bool {
-        self.channels.iter().any(|p| p.matches(channel))
-    }
-
-    /// The channel patterns as strings.
-    pub fn channel_list(&self) -> Vec<String> {
-        self.channels.iter().map(ToString::to_string).collect()
-    }
-
-    /// The topic patterns as strings.
-    pub fn topic_list(&self) -> Vec<String> {
-        self.topics.iter().map(ToString::to_string).collect()
-    }
-}
 
 /// Why a token was refused. The reason label goes to metrics and logs; the message to the client.
 #[derive(Debug, thiserror::Error)]
@@ -575,116 +487,11 @@ fn header_alg(token: &str) -> Option<String> {
     v.get("alg")?.as_str().map(str::to_owned)
 }
 
-/// What a client presented, wherever it came from.
-#[derive(Debug, Default, Clone)]
-pub struct Credentials {
-    /// The `Authorization` header's value, as sent.
-    pub authorization: Option<String>,
-    /// A token from the query string, the socket.io `auth` payload or a subprotocol.
-    pub token: Option<String>,
-    /// `?tenant=` (or socket.io `auth.tenant`), for development mode.
-    pub tenant: Option<String>,
-}
-
-impl Credentials {
-    /// The bearer token, from the header (scheme matched case-insensitively, as RFC 7235 says) or
-    /// else from anywhere else it was sent.
-    pub fn bearer(&self) -> Option<&str> {
-        let from_header = self.authorization.as_deref().and_then(|v| {
-            let (scheme, token) = v.trim().split_once(char::is_whitespace)?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then_some(token.trim())
-        });
-        from_header
-            .or(self.token.as_deref())
-            .filter(|t| !t.is_empty())
-    }
-}
-
-/// How clients may prove who they are on this server.
-#[derive(Clone, Default)]
-pub struct IdentityRules {
-    pub auth: Option<Arc<Authenticator>>,
-    /// `--insecure-tenant-param`.
-    pub insecure_tenant_param: bool,
-    /// `--socketio-anonymous-tenant`; only socket.io passes it.
-    pub anonymous_tenant: Option<TenantId>,
-    /// `--socketio-test-pub`: the anonymous identity may publish.
-    pub anonymous_can_publish: bool,
-}
-
-/// Why a client was not identified: a reason label for logs and metrics, a message for the client,
-/// and whether the request itself was malformed (400) rather than unauthenticated (401).
-#[derive(Debug)]
-pub struct Refusal {
-    pub reason: &'static str,
-    pub message: String,
-    pub bad_request: bool,
-}
-
-fn refusal(reason: &'static str, message: impl Into<String>) -> Refusal {
-    Refusal {
-        reason,
-        message: message.into(),
-        bad_request: false,
-    }
-}
-
-/// The one identity rule of every endpoint:
-/// 1. a token, when sent, decides — verified, or refused (also when the server has no key: a token
-///    is never silently ignored);
-/// 2. without a token, development mode (`--insecure-tenant-param`) takes a tenant name;
-/// 3. then socket.io's anonymous tenant, if configured;
-/// 4. otherwise the client is refused.
-pub fn identify(credentials: &Credentials, rules: &IdentityRules) -> Result<Identity, Refusal> {
-    if let Some(token) = credentials.bearer() {
-        return match &rules.auth {
-            Some(auth) => auth
-                .verify(token)
-                .map_err(|e| refusal(e.reason(), e.to_string())),
-            None => Err(refusal(
-                "tokens_disabled",
-                "this server accepts no tokens (no --jwt-secret, --jwt-public-key or --jwt-jwks)",
-            )),
-        };
-    }
-    if rules.insecure_tenant_param {
-        if let Some(name) = &credentials.tenant {
-            return TenantId::parse(name)
-                .map(Identity::insecure)
-                .map_err(|e| Refusal {
-                    reason: "invalid_tenant",
-                    message: format!("invalid tenant name: {e}"),
-                    bad_request: true,
-                });
-        }
-    }
-    if let Some(tenant) = &rules.anonymous_tenant {
-        return Ok(Identity::anonymous(
-            tenant.clone(),
-            rules.anonymous_can_publish,
-        ));
-    }
-    match (&rules.auth, rules.insecure_tenant_param) {
-        (_, true) => Err(refusal(
-            "missing_tenant",
-            "no token and no tenant: send a token, or name a tenant with ?tenant=<name>",
-        )),
-        (Some(_), false) => Err(refusal(
-            AuthError::Missing.reason(),
-            AuthError::Missing.to_string(),
-        )),
-        (None, false) => Err(refusal(
-            "no_auth",
-            "no way to authenticate: the server accepts no tokens and --insecure-tenant-param is off",
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channels::ChannelName;
+    use crate::envelope::Topic;
     use jsonwebtoken::{encode, EncodingKey, Header};
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -892,166 +699,6 @@ mod tests {
 
     /// Every combination of credentials and server settings, through the one rule both endpoints
     /// use.
-    #[test]
-    fn identity_table() {
-        let key = Some(Arc::new(auth()));
-        let good = hs(
-            serde_json::json!({"tenant":"acme","exp":now()+60.0}),
-            SECRET,
-        );
-        let anon = TenantId::parse("public").ok();
-        struct Case {
-            header: Option<String>,
-            token: Option<String>,
-            tenant: Option<&'static str>,
-            key: bool,
-            dev: bool,
-            anonymous: bool,
-            expect: Result<&'static str, &'static str>,
-        }
-        let case = |header: Option<String>,
-                    token: Option<String>,
-                    tenant: Option<&'static str>,
-                    key: bool,
-                    dev: bool,
-                    anonymous: bool,
-                    expect| Case {
-            header,
-            token,
-            tenant,
-            key,
-            dev,
-            anonymous,
-            expect,
-        };
-        let bearer = |scheme: &str| Some(format!("{scheme} {good}"));
-        let cases = [
-            // Header spellings: the scheme is case-insensitive.
-            case(bearer("Bearer"), None, None, true, false, false, Ok("acme")),
-            case(bearer("bearer"), None, None, true, false, false, Ok("acme")),
-            case(bearer("BEARER"), None, None, true, false, false, Ok("acme")),
-            case(
-                Some(format!("Basic {good}")),
-                None,
-                None,
-                true,
-                false,
-                false,
-                Err("missing_token"),
-            ),
-            case(
-                None,
-                Some(good.clone()),
-                None,
-                true,
-                false,
-                false,
-                Ok("acme"),
-            ),
-            case(
-                None,
-                Some("junk".into()),
-                None,
-                true,
-                false,
-                false,
-                Err("malformed_token"),
-            ),
-            // A token is never ignored: no key refuses it, development mode or not.
-            case(
-                None,
-                Some(good.clone()),
-                Some("dev"),
-                false,
-                true,
-                false,
-                Err("tokens_disabled"),
-            ),
-            case(
-                None,
-                Some(good.clone()),
-                None,
-                false,
-                false,
-                false,
-                Err("tokens_disabled"),
-            ),
-            // A token beats ?tenant= when both come.
-            case(
-                None,
-                Some(good.clone()),
-                Some("dev"),
-                true,
-                true,
-                false,
-                Ok("acme"),
-            ),
-            case(None, None, Some("dev"), true, true, false, Ok("dev")),
-            case(None, None, Some("dev"), false, true, false, Ok("dev")),
-            case(
-                None,
-                None,
-                Some("bad name"),
-                false,
-                true,
-                false,
-                Err("invalid_tenant"),
-            ),
-            // ?tenant= outside development mode is no identity.
-            case(
-                None,
-                None,
-                Some("dev"),
-                true,
-                false,
-                false,
-                Err("missing_token"),
-            ),
-            case(None, None, None, false, true, false, Err("missing_tenant")),
-            case(None, None, None, false, false, false, Err("no_auth")),
-            // The anonymous tenant (socket.io) takes clients with no token at all.
-            case(None, None, None, true, false, true, Ok("public")),
-            case(
-                None,
-                Some("junk".into()),
-                None,
-                true,
-                false,
-                true,
-                Err("malformed_token"),
-            ),
-            case(None, None, Some("dev"), false, true, true, Ok("dev")),
-        ];
-        for (i, c) in cases.into_iter().enumerate() {
-            let credentials = Credentials {
-                authorization: c.header,
-                token: c.token,
-                tenant: c.tenant.map(str::to_owned),
-            };
-            let rules = IdentityRules {
-                auth: if c.key { key.clone() } else { None },
-                insecure_tenant_param: c.dev,
-                anonymous_tenant: if c.anonymous { anon.clone() } else { None },
-                anonymous_can_publish: false,
-            };
-            let got = identify(&credentials, &rules)
-                .map(|id| id.tenant.to_string())
-                .map_err(|r| r.reason);
-            assert_eq!(
-                got.as_ref().map(String::as_str).map_err(|e| *e),
-                c.expect,
-                "case {i}"
-            );
-        }
-    }
-
-    #[test]
-    fn anonymous_identity_is_read_only_unless_test_pub() {
-        let t = TenantId::parse("public").expect("tenant");
-        assert!(!Identity::anonymous(t.clone(), false).can_publish);
-        assert!(Identity::anonymous(t, true).can_publish);
-    }
-
     #[test]
     fn jwks_keys_are_chosen_by_kid() {
         let dir = std::env::temp_dir().join(format!("pgws-jwks-{}", std::process::id()));
