@@ -27,16 +27,7 @@ async fn admin(
     path: &str,
     body: &[u8],
 ) -> anyhow::Result<(u16, Value)> {
-    let bearer = format!("Bearer {ADMIN}");
-    let (status, text) = request(
-        server.addr,
-        method,
-        path,
-        &[("authorization", &bearer)],
-        body,
-    )
-    .await?;
-    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    server.admin(ADMIN, method, path, body).await
 }
 
 /// Reshaper output carries `"tenant"`; passthrough output does not. Tells which version handled a

@@ -7,7 +7,6 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::harness::guests::{guest_dir, rust_guest};
-use crate::harness::http::request;
 use crate::harness::{notify, spawn_with_guests, Client, PATIENCE};
 
 const ADMIN: &str = "admin-token-for-isolation-tests";
@@ -18,16 +17,7 @@ async fn admin(
     path: &str,
     body: &[u8],
 ) -> anyhow::Result<(u16, Value)> {
-    let bearer = format!("Bearer {ADMIN}");
-    let (status, text) = request(
-        server.addr,
-        method,
-        path,
-        &[("authorization", &bearer)],
-        body,
-    )
-    .await?;
-    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    server.admin(ADMIN, method, path, body).await
 }
 
 /// One guest thread, and a tenant whose guest loops for a whole second on every message: a tenant
@@ -95,15 +85,14 @@ async fn a_looping_guest_does_not_hold_up_other_tenants() -> anyhow::Result<()> 
         .wait_log(&["guest call failed", "tenant=slow", "timeout"], PATIENCE)
         .await?;
     // The second loop starts only after the tenant's budget second is over.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while server
-        .metric("pgws_guest_throttled_total", &[("tenant", "slow")])
-        .await?
-        < 1.0
-    {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "never throttled");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    server
+        .wait_metric(
+            "pgws_guest_throttled_total",
+            &[("tenant", "slow")],
+            1.0,
+            PATIENCE,
+        )
+        .await?;
     Ok(())
 }
 

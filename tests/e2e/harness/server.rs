@@ -131,6 +131,46 @@ impl Server {
             .sum())
     }
 
+    /// Waits until the series `name` (summed as [`metric`](Self::metric) does) reaches `at_least`.
+    pub async fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        at_least: f64,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let value = self.metric(name, labels).await?;
+            if value >= at_least {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{name}{labels:?} is {value}, not {at_least}, after {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// An admin API request with `Authorization: Bearer <token>`; returns the status and the JSON
+    /// body (`null` when there is none).
+    pub async fn admin(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let bearer = format!("Bearer {token}");
+        let (status, text) =
+            super::http::request(self.addr, method, path, &[("authorization", &bearer)], body)
+                .await?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        ))
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().expect("log lock").join("\n")
     }
