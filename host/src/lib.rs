@@ -24,6 +24,7 @@
 //! - [`publisher`]: client messages into Postgres via `pg_notify`;
 //! - [`upgrade`]: who a connecting client is, decided before the WebSocket upgrade;
 //! - [`socketio`]: the socket.io endpoint (socketio_pg's events);
+//! - [`handshakes`]: the cap on Engine.IO sessions that have not authenticated yet;
 //! - [`rooms`]: socket.io rooms as a delivery target;
 //! - [`server`]: the accept loop, plain HTTP routes, start-up and shutdown order;
 //! - [`admin`]: the token-guarded API to list, upload, remove and roll back guests;
@@ -41,6 +42,7 @@ pub mod embedded;
 pub mod envelope;
 pub mod frame;
 pub mod guest;
+pub mod handshakes;
 pub mod hub;
 pub mod listener;
 pub mod metrics;

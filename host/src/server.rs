@@ -31,11 +31,12 @@ use crate::deliver::Deliverer;
 use crate::dispatch;
 use crate::envelope::TenantId;
 use crate::guest::{GuestLimits, GuestRegistry, GuestRuntime};
+use crate::handshakes::{self, Handshakes};
 use crate::hub::Hub;
 use crate::listener::{self, ListenerConfig, Readiness};
 use crate::publisher::Publisher;
 use crate::session::SessionContext;
-use crate::socketio::{self, Handshakes, SocketIoContext};
+use crate::socketio::{self, SocketIoContext};
 use crate::upgrade::Upgrades;
 use crate::workers::{FailureRules, Scheduling, Workers};
 
@@ -297,7 +298,7 @@ pub async fn run(
         .layer(socketio_layer)
         .layer(axum::middleware::from_fn_with_state(
             handshakes,
-            socketio::guard_handshakes,
+            handshakes::guard,
         ));
 
     let addr = tcp.local_addr()?;

@@ -5,8 +5,9 @@
 //! frames in batches (one flush, so one socket write, for everything already waiting), answers pings,
 //! sends keepalive pings, and closes with a code that says why: 1000 when the client leaves, 1001 on
 //! server shutdown, 1008 when pings go unanswered, 1013 when the client was too slow to keep its queue
-//! from filling or its socket stayed unwritable past `--write-timeout-secs`, 1009 when it sends a
-//! message over `--max-client-message`, 4001 when its token expires. It does not decide who the
+//! from filling, 1009 when it sends a message over `--max-client-message`, 4001 when its token
+//! expires; a client whose socket takes nothing for `--write-timeout-secs` is dropped without one
+//! (none could reach it). It does not decide who the
 //! client is (`upgrade`, `auth`) or what reaches its queue (`hub`).
 
 use std::collections::HashSet;
@@ -132,8 +133,7 @@ impl Session {
                 &identity.topic_list(),
                 identity.can_publish,
             );
-            let _ =
-                tokio::time::timeout(ctx.write_timeout, ws.send(Message::Text(hello.into()))).await;
+            let _ = within(ctx.write_timeout, ws.send(Message::Text(hello.into()))).await;
         }
 
         let ending = loop {
@@ -159,10 +159,7 @@ impl Session {
                     // A socket that takes nothing for the write timeout ends the session even when
                     // its queue never fills (a trickle of messages to a client that stopped reading).
                     let written = tokio::select! {
-                        r = tokio::time::timeout(ctx.write_timeout, write) => match r {
-                            Ok(r) => r.map_err(|_| Ending::ClientError),
-                            Err(_) => Err(Ending::WriteTimeout),
-                        },
+                        r = within(ctx.write_timeout, write) => r,
                         _ = registration.overflowed.cancelled() => Err(Ending::TooSlow),
                         _ = shutdown.cancelled() => Err(Ending::Shutdown),
                     };
@@ -189,20 +186,16 @@ impl Session {
                         // future, and inlined it would make every idle session's task that large.
                         let reply =
                             Box::pin(state.handle(&text, &identity, &registration, &ctx)).await;
-                        match tokio::time::timeout(ctx.write_timeout, ws.send(Message::Text(reply.into()))).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => break Ending::ClientError,
-                            Err(_) => break Ending::WriteTimeout,
+                        if let Err(ending) = within(ctx.write_timeout, ws.send(Message::Text(reply.into()))).await {
+                            break ending;
                         }
                     }
                     // Pings are answered by tungstenite on the next write; in pgws's protocol the
                     // client's own messages carry nothing and are ignored, as pgws does.
                     Some(Ok(_)) => {
                         answered = true;
-                        match tokio::time::timeout(ctx.write_timeout, ws.flush()).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => break Ending::ClientError,
-                            Err(_) => break Ending::WriteTimeout,
+                        if let Err(ending) = within(ctx.write_timeout, ws.flush()).await {
+                            break ending;
                         }
                     }
                 },
@@ -212,16 +205,26 @@ impl Session {
                         break Ending::PingTimeout;
                     }
                     answered = false;
-                    match tokio::time::timeout(ctx.write_timeout, ws.send(Message::Ping(Default::default()))).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => break Ending::ClientError,
-                        Err(_) => break Ending::WriteTimeout,
+                    if let Err(ending) = within(ctx.write_timeout, ws.send(Message::Ping(Default::default()))).await {
+                        break ending;
                     }
                 }
             }
         };
         metrics::counter!(m::SESSIONS_CLOSED, "reason" => ending.label()).increment(1);
         tracing::debug!(tenant = %identity.tenant, reason = ending.label(), "session closed");
+    }
+}
+
+/// Runs one write to the client, bounded by the write timeout; the ending it causes, if any.
+async fn within(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<(), axum::Error>>,
+) -> Result<(), Ending> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Ending::ClientError),
+        Err(_) => Err(Ending::WriteTimeout),
     }
 }
 

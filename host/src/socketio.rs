@@ -2,8 +2,8 @@
 //! and commit order added.
 //!
 //! Owns the socketioxide layer, the credentials a socket.io client presents (token from the `auth`
-//! payload, `?token=` or `Authorization: Bearer`, judged by the one identity rule of `auth`), the cap
-//! on Engine.IO sessions that have not authenticated yet, and each socket's subscriptions. A socket
+//! payload, `?token=` or `Authorization: Bearer`, judged by the one identity rule of `auth`), and
+//! each socket's subscriptions. Sessions that have not authenticated yet are capped by `handshakes`. A socket
 //! holds a place among the server's connections (`admission`) like a `/ws` session. Events, as
 //! socketio_pg named and shaped them:
 //!
@@ -37,6 +37,7 @@ use crate::auth::{Credentials, Identity, IdentityRules};
 use crate::channels::{ChannelName, Channels, SubscribeError};
 use crate::envelope::{JsonBody, Topic};
 use crate::guest::Authorization;
+use crate::handshakes::Handshakes;
 use crate::metrics as m;
 use crate::publisher::{Publisher, RateLimit, MAX_PAYLOAD};
 use crate::rooms::{room, Rooms};
@@ -76,105 +77,6 @@ pub fn layer(
         .connect_timeout(connect_timeout)
         .build_layer();
     (layer, Rooms::new(io))
-}
-
-/// Engine.IO sessions opened without a token, still waiting for their connect packet (where a
-/// socket.io 3+/python client sends its token). Each holds memory until it connects or its connect
-/// timeout closes it, so at most `cap` may wait at once.
-pub struct Handshakes {
-    rules: IdentityRules,
-    cap: usize,
-    timeout: Duration,
-    /// When each waiting session's connect timeout ends, oldest first.
-    waiting: std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>,
-}
-
-impl Handshakes {
-    pub fn new(rules: IdentityRules, cap: usize, timeout: Duration) -> Self {
-        Handshakes {
-            rules,
-            cap,
-            timeout,
-            waiting: std::sync::Mutex::default(),
-        }
-    }
-
-    /// Whether the handshake itself carried a valid bearer token (header or `?token=`). Only a
-    /// verified token counts: another `Authorization` scheme, a bad token or the anonymous tenant
-    /// all wait in a place.
-    fn verified(&self, credentials: &Credentials) -> bool {
-        match (credentials.bearer(), &self.rules.auth) {
-            (Some(token), Some(auth)) => auth.verify(token).is_ok(),
-            _ => false,
-        }
-    }
-
-    /// Takes a place for a session without a token, unless all are taken.
-    fn wait(&self) -> bool {
-        let now = std::time::Instant::now();
-        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        while waiting.front().is_some_and(|end| *end <= now) {
-            waiting.pop_front();
-        }
-        if waiting.len() >= self.cap {
-            return false;
-        }
-        waiting.push_back(now + self.timeout);
-        true
-    }
-
-    /// A session that came without a token has connected: its place is free.
-    fn connected(&self) {
-        self.waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front();
-    }
-}
-
-/// Guards new Engine.IO sessions (requests to `/socket.io/` without a `sid`): one with a valid token
-/// in the handshake itself goes straight through; the others are capped.
-pub async fn guard_handshakes(
-    axum::extract::State(handshakes): axum::extract::State<Arc<Handshakes>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let new_session = request.uri().path().starts_with("/socket.io")
-        && !form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
-            .any(|(k, _)| k == "sid");
-    if !new_session {
-        return next.run(request).await;
-    }
-    let query = request.uri().query().unwrap_or("");
-    let credentials = Credentials {
-        authorization: request
-            .headers()
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        token: form_urlencoded::parse(query.as_bytes())
-            .find(|(k, _)| k == "token")
-            .map(|(_, v)| v.into_owned()),
-        tenant: None,
-    };
-    // A valid token at the handshake is the client authenticated already: no place needed. Any
-    // other session waits for its connect packet in one of the capped places (a bad token too: it
-    // is refused there, with a reason the client can show).
-    if !handshakes.verified(&credentials) && !handshakes.wait() {
-        metrics::counter!(m::SOCKETIO_HANDSHAKES_REFUSED, "reason" => "too_many_pending")
-            .increment(1);
-        tracing::warn!(
-            cap = handshakes.cap,
-            "socket.io handshake refused: too many sessions waiting to authenticate"
-        );
-        return (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "too many socket.io sessions waiting to authenticate; try again shortly\n",
-        )
-            .into_response();
-    }
-    next.run(request).await
 }
 
 /// Serves the default namespace: authentication as a connect middleware, then the events.
@@ -252,13 +154,18 @@ async fn authenticate(
         token: from_auth("token").or_else(|| query_param(s, "token")),
         tenant: from_auth("tenant").or_else(|| query_param(s, "tenant")),
     };
-    let checked_at_handshake =
-        credentials.authorization.is_some() || query_param(s, "token").is_some();
-    let identity = crate::auth::identify(&credentials, &ctx.identity_rules)
-        .map_err(|r| refuse(r.reason, r.message))?;
-    if !checked_at_handshake {
+    // A session that sent a valid token with its handshake took no waiting place (see
+    // `handshakes::guard`); any other frees its place now, whatever becomes of it.
+    let at_handshake = Credentials {
+        authorization: credentials.authorization.clone(),
+        token: query_param(s, "token"),
+        tenant: None,
+    };
+    if !ctx.handshakes.verified(&at_handshake) {
         ctx.handshakes.connected();
     }
+    let identity = crate::auth::identify(&credentials, &ctx.identity_rules)
+        .map_err(|r| refuse(r.reason, r.message))?;
     let verdict = ctx
         .workers
         .authorize(&identity, identity.channel_list())
