@@ -59,6 +59,11 @@ pub struct Scheduling {
 /// linear memory, up to `--guest-memory-mb`); a tenant that went quiet gets a fresh one next time.
 const WARM_FOR: Duration = Duration::from_secs(60);
 
+/// How long a quiet lane is kept at all. Tenants are named by NOTIFY payloads, which any database
+/// role may send, so lanes of tenants that went quiet are dropped (their sequence numbers restart,
+/// which only matters to sessions of the tenant, and a lane with sessions is kept).
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+
 /// Longest a session waits for its tenant's guest to answer a publish or a connect (its request may
 /// queue behind the tenant's own messages); then it is refused rather than left hanging.
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
@@ -187,6 +192,16 @@ struct LaneState {
     /// Whether the lane's last guest call was slow: its task runs on the slow threads.
     slow: bool,
     idle_since: Instant,
+    /// Removed from the lanes map (see [`FORGET_AFTER`]); a job that finds this takes a new lane.
+    forgotten: bool,
+}
+
+impl LaneState {
+    /// Whether the lane can be dropped: nothing queued or running, quiet for [`FORGET_AFTER`].
+    /// (The caller also checks that no session of the tenant would see its numbering restart.)
+    fn forgettable(&self, now: Instant) -> bool {
+        !self.running && self.jobs.is_empty() && now.duration_since(self.idle_since) >= FORGET_AFTER
+    }
 }
 
 impl Lane {
@@ -223,11 +238,21 @@ impl Workers {
     /// queued) is delivered here and now; otherwise the job joins the tenant's lane, or is dropped
     /// if that lane is full.
     pub fn dispatch(&self, n: Notify) {
-        let lane = self.inner.lane(&n.tenant);
         if matches!(self.inner.registry.lookup(&n.tenant), Lookup::None) {
+            let lane = loop {
+                let lane = self.inner.lane(&n.tenant);
+                if !lane.lock().forgotten {
+                    break lane;
+                }
+            };
             let idle = {
-                let state = lane.lock();
-                !state.running && state.jobs.is_empty()
+                let mut state = lane.lock();
+                let idle = !state.running && state.jobs.is_empty() && !state.forgotten;
+                if idle {
+                    // A lane delivering inline is not quiet (see `FORGET_AFTER`).
+                    state.idle_since = Instant::now();
+                }
+                idle
             };
             if idle {
                 let outcome = Outcome::Deliver(vec![n.original()]);
@@ -235,7 +260,7 @@ impl Workers {
                 return;
             }
         }
-        self.inner.submit(&lane, Job::Notify(n));
+        self.inner.enqueue(&n.tenant.clone(), Job::Notify(n));
     }
 
     /// Runs a client's message through its tenant's guest (if it has a client-message hook).
@@ -253,9 +278,8 @@ impl Workers {
             Lookup::Guest(_) => {}
         }
         let (reply, answer) = oneshot::channel();
-        let lane = self.inner.lane(tenant);
         self.inner
-            .submit(&lane, Job::ClientMessage { topic, body, reply });
+            .enqueue(tenant, Job::ClientMessage { topic, body, reply });
         match tokio::time::timeout(ANSWER_WITHIN, answer).await {
             Ok(Ok(outcome)) => outcome,
             _ => ClientOutcome::Reject("the tenant's guest is busy; try again".into()),
@@ -273,9 +297,8 @@ impl Workers {
             Lookup::Guest(_) => {}
         }
         let (reply, answer) = oneshot::channel();
-        let lane = self.inner.lane(&identity.tenant);
-        self.inner.submit(
-            &lane,
+        self.inner.enqueue(
+            &identity.tenant,
             Job::Authorize {
                 topics: grants,
                 can_publish: identity.can_publish,
@@ -308,6 +331,7 @@ impl Inner {
                 overflowing: false,
                 slow: false,
                 idle_since: Instant::now(),
+                forgotten: false,
             }),
         });
         lanes.insert(tenant.clone(), lane.clone());
@@ -321,15 +345,28 @@ impl Inner {
         }
     }
 
-    /// Queues `job` on `lane` and makes sure a task drains it; drops it if the lane is full.
-    fn submit(self: &Arc<Self>, lane: &Arc<Lane>, job: Job) {
+    /// Queues `job` on its tenant's lane (see [`submit`](Self::submit)).
+    fn enqueue(self: &Arc<Self>, tenant: &TenantId, job: Job) {
+        let mut job = job;
+        // A lane forgotten between the lookup and the lock is replaced by a fresh one.
+        while let Err(back) = self.submit(&self.lane(tenant), job) {
+            job = back;
+        }
+    }
+
+    /// Queues `job` on `lane` and makes sure a task drains it; drops it if the lane is full. Gives
+    /// the job back if the lane was forgotten meanwhile.
+    fn submit(self: &Arc<Self>, lane: &Arc<Lane>, job: Job) -> Result<(), Job> {
         let mut state = lane.lock();
+        if state.forgotten {
+            return Err(job);
+        }
         if state.jobs.len() >= self.scheduling.queue_per_tenant {
             let first = !state.overflowing;
             state.overflowing = true;
             drop(state);
             self.overflow(lane, job, first);
-            return;
+            return Ok(());
         }
         state.jobs.push_back(job);
         // Room again: a later overflow is a new episode, logged and announced again.
@@ -342,6 +379,7 @@ impl Inner {
                 .handle(slow)
                 .spawn(drain(self.clone(), lane.clone(), slow));
         }
+        Ok(())
     }
 
     /// A job that found its tenant's queue full: counted, answered, and for messages a gap notice.
@@ -536,12 +574,14 @@ impl Drop for Draining {
     }
 }
 
-/// Drops the warm instances of tenants that have been quiet for [`WARM_FOR`].
+/// Drops the warm instances of tenants that have been quiet for [`WARM_FOR`], and forgets the lanes
+/// of tenants quiet for [`FORGET_AFTER`] with no session.
 async fn cool_down(inner: std::sync::Weak<Inner>) {
     let mut tick = tokio::time::interval(WARM_FOR / 2);
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
+        // Looked at without the map's lock, so dispatching never waits on this sweep.
         let lanes: Vec<Arc<Lane>> = inner
             .lanes
             .lock()
@@ -549,13 +589,71 @@ async fn cool_down(inner: std::sync::Weak<Inner>) {
             .values()
             .cloned()
             .collect();
+        let now = Instant::now();
+        let mut quiet = Vec::new();
         for lane in lanes {
             let mut state = lane.lock();
-            if !state.running && state.idle_since.elapsed() >= WARM_FOR {
+            if !state.running && now.duration_since(state.idle_since) >= WARM_FOR {
                 if let Some(runner) = state.runner.as_mut() {
                     runner.cool();
                 }
             }
+            if state.forgettable(now) {
+                quiet.push(lane.clone());
+            }
         }
+        quiet.retain(|lane| inner.deliverer.hub.sessions(&lane.tenant) == 0);
+        if quiet.is_empty() {
+            continue;
+        }
+        let mut lanes = inner.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        for lane in quiet {
+            let mut state = lane.lock();
+            // Checked again under the lock: a job may have come since.
+            if state.forgettable(now) {
+                state.forgotten = true;
+                lanes.remove(&lane.tenant);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(running: bool, jobs: usize, quiet_for: Duration) -> (LaneState, Instant) {
+        let idle_since = Instant::now();
+        let mut state = LaneState {
+            jobs: VecDeque::new(),
+            running,
+            runner: None,
+            overflowing: false,
+            slow: false,
+            idle_since,
+            forgotten: false,
+        };
+        for _ in 0..jobs {
+            let (reply, _) = oneshot::channel();
+            state.jobs.push_back(Job::Authorize {
+                topics: Vec::new(),
+                can_publish: false,
+                claims: String::new(),
+                reply,
+            });
+        }
+        (state, idle_since + quiet_for)
+    }
+
+    #[test]
+    fn only_quiet_idle_lanes_are_forgotten() {
+        let (s, now) = state(false, 0, FORGET_AFTER);
+        assert!(s.forgettable(now));
+        let (s, now) = state(false, 0, FORGET_AFTER / 2);
+        assert!(!s.forgettable(now), "not quiet long enough");
+        let (s, now) = state(true, 0, FORGET_AFTER);
+        assert!(!s.forgettable(now), "a task is running");
+        let (s, now) = state(false, 1, FORGET_AFTER);
+        assert!(!s.forgettable(now), "a job waits");
     }
 }
