@@ -21,15 +21,6 @@ const ADMIN_ARGS: &[&str] = &[
     ADMIN,
 ];
 
-async fn admin(
-    server: &crate::harness::Server,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> anyhow::Result<(u16, Value)> {
-    server.admin(ADMIN, method, path, body).await
-}
-
 /// Reshaper output carries `"tenant"`; passthrough output does not. Tells which version handled a
 /// message.
 fn reshaped(frame: &Value) -> bool {
@@ -46,7 +37,8 @@ async fn swapping_under_load_loses_nothing() -> anyhow::Result<()> {
     let passthrough = std::fs::read(rust_guest("passthrough"))?;
     let reshaper = std::fs::read(rust_guest("reshaper"))?;
     assert_eq!(
-        admin(&server, "PUT", "/admin/guests/hot", &passthrough)
+        server
+            .admin(ADMIN, "PUT", "/admin/guests/hot", &passthrough)
             .await?
             .0,
         200
@@ -91,7 +83,9 @@ async fn swapping_under_load_loses_nothing() -> anyhow::Result<()> {
         let to_reshaper = i % 2 == 0;
         let bytes = if to_reshaper { &reshaper } else { &passthrough };
         let t = Instant::now();
-        let (status, body) = admin(&server, "PUT", "/admin/guests/hot", bytes).await?;
+        let (status, body) = server
+            .admin(ADMIN, "PUT", "/admin/guests/hot", bytes)
+            .await?;
         latencies.push(t.elapsed());
         assert_eq!(status, 200, "{body}");
         swaps.push((started.load(Ordering::SeqCst), to_reshaper));
@@ -285,7 +279,9 @@ async fn admin_api_is_guarded_and_rolls_back() -> anyhow::Result<()> {
 
     let passthrough = std::fs::read(rust_guest("passthrough"))?;
     let reshaper = std::fs::read(rust_guest("reshaper"))?;
-    let (status, body) = admin(&server, "PUT", "/admin/guests/acme", b"garbage").await?;
+    let (status, body) = server
+        .admin(ADMIN, "PUT", "/admin/guests/acme", b"garbage")
+        .await?;
     assert_eq!(status, 400);
     assert!(
         body["error"]
@@ -294,11 +290,15 @@ async fn admin_api_is_guarded_and_rolls_back() -> anyhow::Result<()> {
             .contains("not a WebAssembly component"),
         "{body}"
     );
-    let (status, first) = admin(&server, "PUT", "/admin/guests/acme", &reshaper).await?;
+    let (status, first) = server
+        .admin(ADMIN, "PUT", "/admin/guests/acme", &reshaper)
+        .await?;
     assert_eq!(status, 200, "{first}");
-    let (status, second) = admin(&server, "PUT", "/admin/guests/acme", &passthrough).await?;
+    let (status, second) = server
+        .admin(ADMIN, "PUT", "/admin/guests/acme", &passthrough)
+        .await?;
     assert_eq!(status, 200, "{second}");
-    let (_, list) = admin(&server, "GET", "/admin/guests", b"").await?;
+    let (_, list) = server.admin(ADMIN, "GET", "/admin/guests", b"").await?;
     assert_eq!(list["guests"][0]["guest"], "acme");
     assert_eq!(list["guests"][0]["version"], second["version"]);
     assert_eq!(list["guests"][0]["previous_version"], first["version"]);
@@ -306,7 +306,9 @@ async fn admin_api_is_guarded_and_rolls_back() -> anyhow::Result<()> {
     let mut c = Client::connect(&server.ws_url("?tenant=acme")).await?;
     notify(&sql, r#"acme,{"a":1}"#).await?;
     assert!(!reshaped(&c.recv_json().await?));
-    let (status, back) = admin(&server, "POST", "/admin/guests/acme/rollback", b"").await?;
+    let (status, back) = server
+        .admin(ADMIN, "POST", "/admin/guests/acme/rollback", b"")
+        .await?;
     assert_eq!(status, 200);
     assert_eq!(back["version"], first["version"]);
     notify(&sql, r#"acme,{"a":2}"#).await?;
@@ -315,11 +317,17 @@ async fn admin_api_is_guarded_and_rolls_back() -> anyhow::Result<()> {
         "rolled back to the reshaper"
     );
 
-    let (status, _) = admin(&server, "DELETE", "/admin/guests/acme", b"").await?;
+    let (status, _) = server
+        .admin(ADMIN, "DELETE", "/admin/guests/acme", b"")
+        .await?;
     assert_eq!(status, 200);
-    let (status, _) = admin(&server, "DELETE", "/admin/guests/acme", b"").await?;
+    let (status, _) = server
+        .admin(ADMIN, "DELETE", "/admin/guests/acme", b"")
+        .await?;
     assert_eq!(status, 404);
-    let (status, _) = admin(&server, "POST", "/admin/guests/nobody/rollback", b"").await?;
+    let (status, _) = server
+        .admin(ADMIN, "POST", "/admin/guests/nobody/rollback", b"")
+        .await?;
     assert_eq!(status, 409);
     drop(server);
 

@@ -11,15 +11,6 @@ use crate::harness::{notify, spawn_with_guests, Client, PATIENCE};
 
 const ADMIN: &str = "admin-token-for-isolation-tests";
 
-async fn admin(
-    server: &crate::harness::Server,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> anyhow::Result<(u16, Value)> {
-    server.admin(ADMIN, method, path, body).await
-}
-
 /// One guest thread, and a tenant whose guest loops for a whole second on every message: a tenant
 /// with a fast guest and a tenant with none still get every message, in order, while the looping
 /// tenant's backlog stays its own — its queue overflows (counted, a gap notice to its pgws.v1
@@ -162,7 +153,7 @@ async fn a_refused_guest_fails_closed() -> anyhow::Result<()> {
         1.0
     );
     assert_eq!(server.metric("pgws_guests_not_loaded", &[]).await?, 1.0);
-    let (status, list) = admin(&server, "GET", "/admin/guests", b"").await?;
+    let (status, list) = server.admin(ADMIN, "GET", "/admin/guests", b"").await?;
     assert_eq!(status, 200);
     let row = &list["guests"][0];
     assert_eq!(row["guest"], "locked");
@@ -194,7 +185,10 @@ async fn a_refused_guest_fails_closed() -> anyhow::Result<()> {
     // A good upload ends the state; the next message is the first `open` sees since the refusal.
     let good = std::fs::read(rust_guest("passthrough"))?;
     assert_eq!(
-        admin(&server, "PUT", "/admin/guests/open", &good).await?.0,
+        server
+            .admin(ADMIN, "PUT", "/admin/guests/open", &good)
+            .await?
+            .0,
         200
     );
     notify(&sql, r#"open,{"n":4}"#).await?;
@@ -228,7 +222,10 @@ async fn directory_and_admin_api_compose() -> anyhow::Result<()> {
 
     // PUT v1: it serves, and stays.
     assert_eq!(
-        admin(&server, "PUT", "/admin/guests/acme", &v1).await?.0,
+        server
+            .admin(ADMIN, "PUT", "/admin/guests/acme", &v1)
+            .await?
+            .0,
         200
     );
     assert_eq!(probe(&mut c, &sql).await?, "v1");
@@ -237,7 +234,8 @@ async fn directory_and_admin_api_compose() -> anyhow::Result<()> {
     assert_eq!(probe(&mut c, &sql).await?, "v1", "the admin upload stayed");
     // Rollback puts v2 back, and it stays.
     assert_eq!(
-        admin(&server, "POST", "/admin/guests/acme/rollback", b"")
+        server
+            .admin(ADMIN, "POST", "/admin/guests/acme/rollback", b"")
             .await?
             .0,
         200
@@ -245,7 +243,10 @@ async fn directory_and_admin_api_compose() -> anyhow::Result<()> {
     assert_eq!(probe(&mut c, &sql).await?, "v2");
     // DELETE: no guest, and it stays so.
     assert_eq!(
-        admin(&server, "DELETE", "/admin/guests/acme", b"").await?.0,
+        server
+            .admin(ADMIN, "DELETE", "/admin/guests/acme", b"")
+            .await?
+            .0,
         200
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -17,6 +17,7 @@
 //! payloads (`dispatch`) or turn verdicts into deliveries (`deliver`).
 
 mod runner;
+mod threads;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,6 +34,7 @@ use crate::guest::{
 };
 use crate::metrics as m;
 use runner::Runner;
+use threads::GuestThreads;
 
 /// How guest failures are handled.
 #[derive(Debug, Clone)]
@@ -107,71 +109,6 @@ struct Inner {
     /// Every tenant seen, by name. Locked only to find or add a lane, never across a guest call.
     lanes: Mutex<HashMap<TenantId, Arc<Lane>>>,
     threads: GuestThreads,
-}
-
-/// The runtimes guest calls run on, kept apart from the one that serves sockets. Lanes whose calls
-/// are quick run on `quick`, one thread at the server's own priority; lanes whose last call ran
-/// longer than [`runner::SLOW_CALL`] run on `slow`, whose threads run at a lower OS priority
-/// ([`SLOW_NICE`]). When slow guests and the rest of the server want the same CPU, the kernel gives
-/// it to deliveries and quick guests first: a slow tenant slows only slow tenants.
-struct GuestThreads {
-    quick: Option<tokio::runtime::Runtime>,
-    slow: Option<tokio::runtime::Runtime>,
-}
-
-impl GuestThreads {
-    fn start(slow_threads: usize) -> std::io::Result<Self> {
-        let runtime = |name: &str, threads: usize, lowered: bool| {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder
-                .worker_threads(threads.max(1))
-                .thread_name(name)
-                // A lane that just got work is spawned from outside onto the shared queue;
-                // checking it at every scheduling point lets it start at the next yield of a
-                // running guest instead of after dozens of them.
-                .global_queue_interval(1)
-                .enable_time();
-            if lowered {
-                builder.on_thread_start(lower_priority);
-            }
-            builder.build()
-        };
-        let quick = runtime("pgws-guest", 1, false)?;
-        let slow = runtime("pgws-guest-slow", slow_threads, true)?;
-        Ok(GuestThreads {
-            quick: Some(quick),
-            slow: Some(slow),
-        })
-    }
-
-    fn handle(&self, slow: bool) -> &tokio::runtime::Handle {
-        let runtime = if slow { &self.slow } else { &self.quick };
-        runtime
-            .as_ref()
-            .map(tokio::runtime::Runtime::handle)
-            .expect("present until dropped")
-    }
-}
-
-impl Drop for GuestThreads {
-    fn drop(&mut self) {
-        // The last handle may go from inside an async task, where a blocking drop would panic.
-        for runtime in [self.quick.take(), self.slow.take()].into_iter().flatten() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-/// How much lower the slow lanes' threads run, as a `nice` increment.
-const SLOW_NICE: i32 = 10;
-
-/// Lowers the calling thread's OS priority by [`SLOW_NICE`] (Linux keeps a nice value per thread).
-fn lower_priority() {
-    let tid = rustix::thread::gettid();
-    let current = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
-    if let Err(e) = rustix::process::setpriority_process(Some(tid), current + SLOW_NICE) {
-        tracing::warn!(error = %e, "could not lower the slow guest threads' priority");
-    }
 }
 
 /// One tenant's place in the scheduler.
