@@ -176,22 +176,19 @@ impl Workers {
     /// if that lane is full.
     pub fn dispatch(&self, n: Notify) {
         if matches!(self.inner.registry.lookup(&n.tenant), Lookup::None) {
-            let lane = loop {
+            loop {
                 let lane = self.inner.lane(&n.tenant);
-                if !lane.lock().forgotten {
-                    break lane;
-                }
-            };
-            let idle = {
-                let mut state = lane.lock();
-                let idle = !state.running && state.jobs.is_empty() && !state.forgotten;
-                if idle {
+                {
+                    let mut state = lane.lock();
+                    if state.forgotten {
+                        continue;
+                    }
+                    if state.running || !state.jobs.is_empty() {
+                        break;
+                    }
                     // A lane delivering inline is not quiet (see `FORGET_AFTER`).
                     state.idle_since = Instant::now();
                 }
-                idle
-            };
-            if idle {
                 let outcome = Outcome::Deliver(vec![n.original()]);
                 self.inner.deliverer.finish(&lane.stream, &n, outcome);
                 return;
@@ -306,8 +303,11 @@ impl Inner {
             return Ok(());
         }
         state.jobs.push_back(job);
-        // Room again: a later overflow is a new episode, logged and announced again.
-        state.overflowing = false;
+        // Drained to half: a later overflow is a new episode, logged and announced again (not
+        // every message of a queue that stays at the brim).
+        if state.jobs.len() <= self.scheduling.queue_per_tenant / 2 {
+            state.overflowing = false;
+        }
         if !state.running {
             state.running = true;
             let slow = state.slow;

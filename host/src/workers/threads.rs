@@ -13,8 +13,10 @@ use super::runner::SLOW_CALL;
 /// ([`SLOW_NICE`]). When slow guests and the rest of the server want the same CPU, the kernel gives
 /// it to deliveries and quick guests first: a slow tenant slows only slow tenants.
 pub(super) struct GuestThreads {
-    quick: Option<tokio::runtime::Runtime>,
-    slow: Option<tokio::runtime::Runtime>,
+    quick: tokio::runtime::Handle,
+    slow: tokio::runtime::Handle,
+    /// Owned here so they stop with the last handle on the workers.
+    runtimes: Vec<tokio::runtime::Runtime>,
 }
 
 impl GuestThreads {
@@ -37,24 +39,25 @@ impl GuestThreads {
         let quick = runtime("pgws-guest", 1, false)?;
         let slow = runtime("pgws-guest-slow", slow_threads, true)?;
         Ok(GuestThreads {
-            quick: Some(quick),
-            slow: Some(slow),
+            quick: quick.handle().clone(),
+            slow: slow.handle().clone(),
+            runtimes: vec![quick, slow],
         })
     }
 
     pub(super) fn handle(&self, slow: bool) -> &tokio::runtime::Handle {
-        let runtime = if slow { &self.slow } else { &self.quick };
-        runtime
-            .as_ref()
-            .map(tokio::runtime::Runtime::handle)
-            .expect("present until dropped")
+        if slow {
+            &self.slow
+        } else {
+            &self.quick
+        }
     }
 }
 
 impl Drop for GuestThreads {
     fn drop(&mut self) {
         // The last handle may go from inside an async task, where a blocking drop would panic.
-        for runtime in [self.quick.take(), self.slow.take()].into_iter().flatten() {
+        for runtime in self.runtimes.drain(..) {
             runtime.shutdown_background();
         }
     }
