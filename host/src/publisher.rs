@@ -3,7 +3,7 @@
 //!
 //! Owns a small connection pool, separate from the LISTEN connection so a slow publish never delays
 //! notifications. The tenant is always the one the host verified; nothing a client sends can change
-//! it. It does not check permissions or run guests (`session` and `pipeline` do, before calling it).
+//! it. It does not check permissions or run guests (`session`, `socketio` and `workers` do, before calling it).
 
 use std::time::Instant;
 
