@@ -4,6 +4,7 @@
 //! name from here, so the set of series is visible in one place. It does not serve HTTP (`server` does).
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 
 pub const NOTIFICATIONS_RECEIVED: &str = "pgws_notifications_received_total";
 pub const NOTIFICATIONS_REJECTED: &str = "pgws_notifications_rejected_total";
@@ -38,6 +39,13 @@ pub const METRICS_REFUSED: &str = "pgws_metrics_refused_total";
 /// Installs the global recorder and describes every series. Call once, from the binary.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
+        // Per-tenant counters and histograms of tenants that went quiet are dropped after an hour
+        // (a scrape sees a counter reset if the tenant comes back): tenant names come from NOTIFY
+        // payloads, so their series must not accumulate for ever. Gauges (connections) stay.
+        .idle_timeout(
+            MetricKindMask::COUNTER | MetricKindMask::HISTOGRAM,
+            Some(std::time::Duration::from_secs(3600)),
+        )
         .set_buckets_for_metric(
             Matcher::Full(GUEST_CALL_SECONDS.into()),
             &[
@@ -130,7 +138,7 @@ fn describe() {
     );
     describe_counter!(
         SOCKETIO_HANDSHAKES_REFUSED,
-        "Engine.IO handshakes refused, by reason (too many unauthenticated sessions, bad token)"
+        "Engine.IO handshakes refused, by reason (too_many_pending: too many sessions waiting to authenticate)"
     );
     describe_counter!(
         METRICS_REFUSED,

@@ -256,28 +256,28 @@ fn check_output(verdict: Verdict, limits: &GuestLimits) -> Result<Verdict, CallF
     Ok(verdict)
 }
 
-/// Instantiates `module` once, as the server would for a tenant: catches start functions that trap
-/// and memories over the cap before a module may replace a working one. Runs off the async runtime
-/// (a blocking thread, the watcher), driving the instantiation on this thread.
+/// Instantiates `module` once, as the server would for a tenant: catches start functions that trap,
+/// loop or wait, and memories over the cap, before a module may replace a working one. Runs on a
+/// thread of its own with a small runtime (a start function may use WASI's clock, which needs one),
+/// so it can be called from anywhere: a blocking task, the watcher thread, start-up.
 pub fn check(runtime: &GuestRuntime, module: &GuestModule) -> wasmtime::Result<()> {
-    block_on(GuestInstance::new(runtime, module, "_check")).map(drop)
-}
-
-/// Drives a future to completion on this thread; a guest's yields just poll again.
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-            return out;
-        }
-        std::thread::park();
-    }
+    let bound = runtime.limits.timeout * 10;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let executor = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()?;
+                executor.block_on(async {
+                    match tokio::time::timeout(bound, GuestInstance::new(runtime, module, "_check"))
+                        .await
+                    {
+                        Ok(made) => made.map(drop),
+                        Err(_) => Err(wasmtime::format_err!("start-up took longer than {bound:?}")),
+                    }
+                })
+            })
+            .join()
+            .unwrap_or_else(|_| Err(wasmtime::format_err!("the trial instance panicked")))
+    })
 }

@@ -177,6 +177,18 @@ impl GuestRegistry {
     /// Compiles `bytes` and, only if that succeeds, makes it serve `target`; the replaced version
     /// is kept for [`rollback`](Self::rollback).
     pub fn load(&self, target: GuestTarget, bytes: &[u8]) -> Result<Arc<GuestModule>, LoadError> {
+        self.change(target, bytes, false)
+    }
+
+    /// [`load`](Self::load), and for a guest file (`from_file`) a refusal is also remembered, so
+    /// its target fails closed while nothing serves it. Either only if no later change to the
+    /// target began meanwhile.
+    fn change(
+        &self,
+        target: GuestTarget,
+        bytes: &[u8],
+        from_file: bool,
+    ) -> Result<Arc<GuestModule>, LoadError> {
         let change = self.begin(&target);
         let outcome = self.runtime.compile(bytes).and_then(|module| {
             super::instance::check(&self.runtime, &module).map_err(LoadError::Instantiate)?;
@@ -184,18 +196,31 @@ impl GuestRegistry {
         });
         let label = if outcome.is_ok() { "ok" } else { "refused" };
         metrics::counter!(crate::metrics::GUEST_LOADS, "outcome" => label).increment(1);
-        let module = Arc::new(outcome?);
         let mut guests = self.write();
         if !self.is_latest(&target, change) {
             return Err(LoadError::Superseded);
         }
         let entry = guests.entry(target).or_default();
-        let replaced = entry.current.replace(module.clone());
-        if replaced.is_some() {
-            entry.previous = replaced;
+        match outcome {
+            Ok(module) => {
+                let module = Arc::new(module);
+                let replaced = entry.current.replace(module.clone());
+                if replaced.is_some() {
+                    entry.previous = replaced;
+                }
+                entry.refused = None;
+                Ok(module)
+            }
+            Err(e) => {
+                if from_file && entry.current.is_none() {
+                    entry.refused = Some(Refusal {
+                        version: super::runtime::short_digest(bytes),
+                        error: e.to_string(),
+                    });
+                }
+                Err(e)
+            }
         }
-        entry.refused = None;
-        Ok(module)
     }
 
     /// Starts a change to `target`; returns its number.
@@ -215,12 +240,20 @@ impl GuestRegistry {
             .is_some_and(|n| *n == change)
     }
 
-    /// Records that the guest file for `target` was refused. Only matters while nothing serves it.
-    fn refuse(&self, target: GuestTarget, refusal: Refusal) {
+    /// Records that the guest file for `target` cannot be read: a change like any other, so it
+    /// fails closed while nothing serves the target.
+    fn refuse_unreadable(&self, target: GuestTarget, error: String) {
+        let change = self.begin(&target);
         let mut guests = self.write();
+        if !self.is_latest(&target, change) {
+            return;
+        }
         let entry = guests.entry(target).or_default();
         if entry.current.is_none() {
-            entry.refused = Some(refusal);
+            entry.refused = Some(Refusal {
+                version: "unreadable".into(),
+                error,
+            });
         }
     }
 
@@ -331,13 +364,7 @@ impl GuestRegistry {
                 };
                 tracing::error!(guest = %target, error = %error, "guest file unreadable");
                 self.seen().remove(path);
-                self.refuse(
-                    target,
-                    Refusal {
-                        version: "unreadable".into(),
-                        error: error.to_string(),
-                    },
-                );
+                self.refuse_unreadable(target, error.to_string());
                 return false;
             }
         };
@@ -352,7 +379,7 @@ impl GuestRegistry {
             // whatever the admin API did since stands.
             return false;
         }
-        match self.load(target.clone(), &bytes) {
+        match self.change(target.clone(), &bytes, true) {
             Ok(module) => {
                 tracing::info!(
                     guest = %target,
@@ -363,6 +390,10 @@ impl GuestRegistry {
                 );
                 true
             }
+            Err(LoadError::Superseded) => {
+                tracing::info!(guest = %target, "guest file dropped: a later change came first");
+                false
+            }
             Err(e) => {
                 let serving = self.current(&target);
                 tracing::error!(
@@ -372,13 +403,6 @@ impl GuestRegistry {
                     error = %e,
                     serving = serving.as_ref().map_or("nothing (fails closed)", |m| m.version.as_str()),
                     "guest refused"
-                );
-                self.refuse(
-                    target,
-                    Refusal {
-                        version,
-                        error: e.to_string(),
-                    },
                 );
                 false
             }

@@ -5,9 +5,9 @@
 //! events are gathered until the directory has been quiet for [`QUIET`], and only then is each changed
 //! file read; a file caught half-written fails to compile and is refused (the old version keeps
 //! serving), and the write's last event loads it whole. Renaming a finished file into place is the
-//! cleanest way to deploy. Only events that can change a file's content count (create, data or name
-//! changes, removal); opening or reading a file — the registry's own read included — does not, or
-//! every load would schedule the next one. It does not compile or swap guests itself, nor decide
+//! cleanest way to deploy. Only events that can change a file's content or readability count
+//! (create, data, name or metadata changes, removal); opening or reading a file — the registry's own
+//! read included — does not, or every load would schedule the next one. It does not compile or swap guests itself, nor decide
 //! whether a file changed (`registry` compares content).
 
 use std::collections::BTreeSet;
@@ -76,14 +76,15 @@ pub fn watch_dir(
     Ok(())
 }
 
-/// Whether an event may have changed what a path holds. Access (open, read, close without write) and
-/// metadata-only changes cannot.
+/// Whether an event may have changed what a path holds (or whether it can be read). Access (open,
+/// read, close without write) cannot.
 fn can_change_content(kind: &notify::EventKind) -> bool {
-    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+    use notify::event::{AccessKind, AccessMode, EventKind};
     match kind {
-        EventKind::Create(_) | EventKind::Remove(_) => true,
-        EventKind::Modify(ModifyKind::Metadata(_)) => false,
-        EventKind::Modify(_) => true,
+        // Metadata changes count too: `chmod` can make an unreadable guest file readable (inotify
+        // does not say which metadata changed). Content that did not change is skipped by the
+        // registry's digest, so an access-time update costs one read at most.
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(_) => true,
         // A file closed after writing is complete: the best moment to read it.
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Access(_) | EventKind::Other => false,
@@ -97,16 +98,17 @@ mod tests {
     use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, MetadataKind, ModifyKind};
 
     #[test]
-    fn reads_and_touches_do_not_count_as_changes() {
+    fn reads_do_not_count_as_changes() {
         assert!(!can_change_content(&EventKind::Access(AccessKind::Open(
             AccessMode::Any
         ))));
         assert!(!can_change_content(&EventKind::Access(AccessKind::Close(
             AccessMode::Read
         ))));
-        assert!(!can_change_content(&EventKind::Modify(
-            ModifyKind::Metadata(MetadataKind::Any)
-        )));
+        assert!(
+            can_change_content(&EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any))),
+            "chmod can make an unreadable file readable"
+        );
         assert!(can_change_content(&EventKind::Create(CreateKind::File)));
         assert!(can_change_content(&EventKind::Access(AccessKind::Close(
             AccessMode::Write

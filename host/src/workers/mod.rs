@@ -296,8 +296,12 @@ impl Inner {
             return Err(job);
         }
         if state.jobs.len() >= self.scheduling.queue_per_tenant {
-            let first = !state.overflowing;
-            state.overflowing = true;
+            // Only a dropped message opens an episode: that is what its log line and the
+            // clients' gap notice are about.
+            let first = matches!(job, Job::Notify(_)) && !state.overflowing;
+            if matches!(job, Job::Notify(_)) {
+                state.overflowing = true;
+            }
             drop(state);
             self.overflow(lane, job, first);
             return Ok(());

@@ -27,12 +27,17 @@ const WALL_FACTOR: u32 = 10;
 /// A call that runs longer than this (guest time) marks its lane slow until a call is quick again.
 pub(super) const SLOW_CALL: Duration = Duration::from_millis(2);
 
+/// Quick calls in a row after which a slow lane counts as quick again.
+const QUICK_AGAIN_AFTER: u32 = 32;
+
 /// The guest side of a lane: its guest slot, its time budget, and whether its last call was slow.
 pub(super) struct Runner {
     slot: Option<GuestSlot>,
     budget: Budget,
-    /// Whether the last call ran longer than [`SLOW_CALL`].
+    /// Whether the lane counts as slow: a call ran longer than [`SLOW_CALL`], and fewer than
+    /// [`QUICK_AGAIN_AFTER`] quick calls came since.
     pub(super) slow: bool,
+    quick_streak: u32,
 }
 
 /// A guest call that produced nothing usable; its message follows the failure policy.
@@ -47,6 +52,7 @@ impl Runner {
             slot: None,
             budget: Budget::new(budget_per_sec),
             slow: false,
+            quick_streak: 0,
         }
     }
 
@@ -92,8 +98,12 @@ impl Runner {
             tracing::info!(%tenant, "isolation over; trying the guest again");
         }
         if slot.instance.is_none() {
-            let (made, spent) =
-                timed(GuestInstance::new(runtime, &slot.module, tenant.as_str())).await;
+            let (made, spent) = timed(bounded(runtime, async {
+                GuestInstance::new(runtime, &slot.module, tenant.as_str())
+                    .await
+                    .map_err(|e| CallFailure::Instantiate(format!("{e:#}")))
+            }))
+            .await;
             self.budget.charge(spent);
             match made {
                 Ok(instance) => {
@@ -101,10 +111,7 @@ impl Runner {
                         slot.instance = Some(instance);
                     }
                 }
-                Err(e) => {
-                    let failure = CallFailure::Instantiate(format!("{e:#}"));
-                    return Err(self.fail(rules, tenant, failure));
-                }
+                Err(failure) => return Err(self.fail(rules, tenant, failure)),
             }
         }
         self.slot
@@ -126,7 +133,17 @@ impl Runner {
         spent: Duration,
     ) -> Result<R, Failed> {
         self.budget.charge(spent);
-        self.slow = spent > SLOW_CALL;
+        // Slow at once, quick again only after a run of quick calls: a guest that alternates
+        // quick and slow calls stays on the slow threads.
+        if spent > SLOW_CALL {
+            self.slow = true;
+            self.quick_streak = 0;
+        } else {
+            self.quick_streak = self.quick_streak.saturating_add(1);
+            if self.quick_streak >= QUICK_AGAIN_AFTER {
+                self.slow = false;
+            }
+        }
         if let Some(slot) = self.slot.as_mut() {
             slot.seconds.record(spent.as_secs_f64());
             if result.is_ok() {
