@@ -75,23 +75,15 @@ pub async fn guard(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let new_session = request.uri().path().starts_with("/socket.io")
-        && !form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
-            .any(|(k, _)| k == "sid");
+    let query = request.uri().query();
+    let new_session =
+        request.uri().path().starts_with("/socket.io") && query_value(query, "sid").is_none();
     if !new_session {
         return next.run(request).await;
     }
-    let query = request.uri().query().unwrap_or("");
     let credentials = Credentials {
-        authorization: request
-            .headers()
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        token: form_urlencoded::parse(query.as_bytes())
-            .find(|(k, _)| k == "token")
-            .map(|(_, v)| v.into_owned()),
-        tenant: None,
+        token: query_value(query, "token"),
+        ..Credentials::from_headers(request.headers())
     };
     // A valid token at the handshake is the client authenticated already: no place needed. Any
     // other session waits for its connect packet in one of the capped places (a bad token too: it
@@ -110,4 +102,11 @@ pub async fn guard(
             .into_response();
     }
     next.run(request).await
+}
+
+/// A query-string parameter, percent-decoded.
+pub fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }

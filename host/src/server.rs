@@ -460,9 +460,7 @@ async fn metrics_handler(State(app): State<AppState>, headers: axum::http::Heade
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim());
+            .and_then(crate::auth::bearer_token);
         if !presented.is_some_and(|t| crate::admin::same(t.as_bytes(), token.as_bytes())) {
             metrics::counter!(crate::metrics::METRICS_REFUSED).increment(1);
             return (

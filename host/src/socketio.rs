@@ -122,10 +122,7 @@ fn refuse(reason: &'static str, message: String) -> Refused {
 
 /// A query parameter of the request that opened the socket, percent-decoded.
 fn query_param(s: &SocketRef, name: &str) -> Option<String> {
-    let query = s.req_parts().uri.query()?;
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
+    crate::handshakes::query_value(s.req_parts().uri.query(), name)
 }
 
 /// Identifies the client by the one identity rule, takes its place among connections, and asks the
@@ -145,14 +142,9 @@ async fn authenticate(
             .map(str::to_owned)
     };
     let credentials = Credentials {
-        authorization: s
-            .req_parts()
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
         token: from_auth("token").or_else(|| query_param(s, "token")),
         tenant: from_auth("tenant").or_else(|| query_param(s, "tenant")),
+        ..Credentials::from_headers(&s.req_parts().headers)
     };
     // A session that sent a valid token with its handshake took no waiting place (see
     // `handshakes::guard`); any other frees its place now, whatever becomes of it.

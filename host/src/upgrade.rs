@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -96,10 +96,6 @@ fn credentials(
     offered: &[String],
 ) -> Credentials {
     Credentials {
-        authorization: headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
         token: params.get("token").cloned().or_else(|| {
             offered
                 .iter()
@@ -107,6 +103,7 @@ fn credentials(
                 .map(str::to_owned)
         }),
         tenant: params.get("tenant").cloned(),
+        ..Credentials::from_headers(headers)
     }
 }
 

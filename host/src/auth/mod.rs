@@ -46,16 +46,32 @@ impl Credentials {
     /// The bearer token, from the header (scheme matched case-insensitively, as RFC 7235 says) or
     /// else from anywhere else it was sent.
     pub fn bearer(&self) -> Option<&str> {
-        let from_header = self.authorization.as_deref().and_then(|v| {
-            let (scheme, token) = v.trim().split_once(char::is_whitespace)?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then_some(token.trim())
-        });
-        from_header
+        self.authorization
+            .as_deref()
+            .and_then(bearer_token)
             .or(self.token.as_deref())
             .filter(|t| !t.is_empty())
     }
+
+    /// Credentials holding the request's `Authorization` header and nothing else yet.
+    pub fn from_headers(headers: &axum::http::HeaderMap) -> Credentials {
+        Credentials {
+            authorization: headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            ..Credentials::default()
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is matched
+/// case-insensitively, as RFC 7235 says.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(char::is_whitespace)?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 /// How clients may prove who they are on this server.
@@ -141,34 +157,10 @@ pub fn identify(credentials: &Credentials, rules: &IdentityRules) -> Result<Iden
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-
-    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    use token::tests::{auth, now, SECRET};
 
     fn hs(claims: serde_json::Value) -> String {
-        encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(SECRET.as_bytes()),
-        )
-        .expect("encode")
-    }
-
-    fn auth() -> Authenticator {
-        Authenticator::new(TokenRules {
-            secret: Some(SECRET.into()),
-            tenant_claim: "tenant".into(),
-            ..TokenRules::default()
-        })
-        .expect("keys")
-        .expect("configured")
-    }
-
-    fn now() -> f64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs_f64()
+        token::tests::hs(claims, SECRET)
     }
 
     #[test]

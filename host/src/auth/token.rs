@@ -489,4 +489,4 @@ fn header_alg(token: &str) -> Option<String> {
 
 #[cfg(test)]
 #[path = "token_tests.rs"]
-mod tests;
+pub(super) mod tests;

@@ -5,16 +5,16 @@ use crate::channels::ChannelName;
 use crate::envelope::Topic;
 use jsonwebtoken::{encode, EncodingKey, Header};
 
-const SECRET: &str = "0123456789abcdef0123456789abcdef";
+pub(in crate::auth) const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
-fn now() -> f64 {
+pub(in crate::auth) fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_secs_f64()
 }
 
-fn hs(claims: Value, secret: &str) -> String {
+pub(in crate::auth) fn hs(claims: Value, secret: &str) -> String {
     encode(
         &Header::new(Algorithm::HS256),
         &claims,
@@ -37,7 +37,7 @@ fn auth_with(rules: TokenRules) -> Authenticator {
         .expect("configured")
 }
 
-fn auth() -> Authenticator {
+pub(in crate::auth) fn auth() -> Authenticator {
     auth_with(rules())
 }
 
