@@ -260,8 +260,9 @@ pub struct Config {
     #[arg(long, env = "PGWS_RECONNECT_MIN_MS", default_value_t = 100)]
     pub reconnect_min_ms: u64,
 
-    /// Longest wait between reconnect attempts, in milliseconds.
-    #[arg(long, env = "PGWS_RECONNECT_MAX_MS", default_value_t = 5000)]
+    /// Longest wait between reconnect attempts, in milliseconds: after an outage of any length,
+    /// messages flow again within about this long of Postgres' return.
+    #[arg(long, env = "PGWS_RECONNECT_MAX_MS", default_value_t = 500)]
     pub reconnect_max_ms: u64,
 
     /// Seconds between liveness checks of the LISTEN connection; a check that gets no answer

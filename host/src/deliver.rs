@@ -1,9 +1,10 @@
 //! From a guest's verdict to deliveries: check what the guest produced, number the tenant's
-//! deliveries, and hand them to the hub (`/ws` sessions) or to socket.io rooms.
+//! deliveries, and gather them into batches the hub fans out together (`/ws` sessions and socket.io
+//! sockets alike).
 //!
 //! Owns [`Notify`] (a notification on its way), [`Outcome`] (what became of it), the one function
 //! that turns a [`Verdict`] into an outcome, and the counting of messages that were not delivered.
-//! It does not run guests (`workers`) or know sockets (`hub`, `rooms`).
+//! It does not run guests (`workers`) or know sockets (`hub`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,18 +12,8 @@ use std::time::Instant;
 
 use crate::envelope::{JsonBody, TenantId, Topic};
 use crate::guest::{NotificationRef, Verdict};
-use crate::hub::{Delivery, Hub};
+use crate::hub::{Audience, Delivery, Hub};
 use crate::metrics as m;
-use crate::rooms::Rooms;
-
-/// Where a notification's deliveries go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    /// WebSocket sessions of the tenant, by topic (envelope channels).
-    Hub,
-    /// socket.io sockets of the tenant subscribed to the channel.
-    Rooms,
-}
 
 /// A notification on its way to one tenant's subscribers.
 pub struct Notify {
@@ -31,7 +22,7 @@ pub struct Notify {
     pub body: JsonBody,
     pub channel: Arc<str>,
     pub received: Instant,
-    pub target: Target,
+    pub audience: Audience,
 }
 
 impl Notify {
@@ -126,17 +117,37 @@ impl TenantStream {
     }
 }
 
-/// Where deliveries end up: the hub for `/ws` sessions, rooms for socket.io.
+/// Most deliveries gathered before they are fanned out: bounds how long the first waits.
+pub const MAX_BATCH: usize = 256;
+
+/// Deliveries gathered from notifications that arrived together, fanned out in one pass so each
+/// subscriber gets them in one write.
+#[derive(Default)]
+pub struct Batch {
+    deliveries: Vec<Delivery>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.deliveries.is_empty()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.deliveries.len() >= MAX_BATCH
+    }
+}
+
+/// Where deliveries end up: the hub.
 #[derive(Clone)]
 pub struct Deliverer {
     pub hub: Arc<Hub>,
-    pub rooms: Rooms,
 }
 
 impl Deliverer {
-    /// Delivers or counts the outcome of one notification. The caller guarantees one delivering
-    /// thread per tenant stream at a time, so sequence numbers follow delivery order.
-    pub fn finish(&self, stream: &TenantStream, n: &Notify, outcome: Outcome) {
+    /// Adds the deliveries of one notification's outcome to `batch`, or counts why there are none.
+    /// The caller guarantees one delivering thread per tenant stream at a time, so sequence numbers
+    /// follow delivery order.
+    pub fn finish(&self, stream: &TenantStream, n: &Notify, outcome: Outcome, batch: &mut Batch) {
         let messages = match outcome {
             Outcome::Deliver(messages) => messages,
             Outcome::Dropped => {
@@ -150,26 +161,39 @@ impl Deliverer {
             }
         };
         for (topic, body) in messages {
-            match n.target {
-                Target::Hub => {
-                    let delivery = Delivery {
-                        tenant: n.tenant.clone(),
-                        topic,
-                        seq: stream.seq.fetch_add(1, Ordering::Relaxed) + 1,
-                        channel: n.channel.clone(),
-                        body,
-                    };
-                    self.hub.publish(&delivery);
-                }
+            let delivery = match n.audience {
+                Audience::Sessions => Delivery {
+                    tenant: n.tenant.clone(),
+                    audience: Audience::Sessions,
+                    topic,
+                    seq: stream.seq.fetch_add(1, Ordering::Relaxed) + 1,
+                    channel: n.channel.clone(),
+                    body,
+                },
                 // A guest's `route` verdict sends each body on the route's topic taken as a
                 // channel name.
-                Target::Rooms => {
-                    let channel = topic.as_ref().map_or(&*n.channel, Topic::as_str);
-                    self.rooms.deliver(&n.tenant, channel, &body);
-                }
-            }
+                Audience::SocketIo => Delivery {
+                    tenant: n.tenant.clone(),
+                    audience: Audience::SocketIo,
+                    channel: topic
+                        .as_ref()
+                        .map_or_else(|| n.channel.clone(), |t| Arc::from(t.as_str())),
+                    topic,
+                    seq: 0,
+                    body,
+                },
+            };
+            batch.deliveries.push(delivery);
         }
         stream.published.increment(1);
         metrics::histogram!(m::LISTENER_LAG).record(n.received.elapsed().as_secs_f64());
+    }
+
+    /// Fans out everything in `batch` and empties it.
+    pub fn publish(&self, batch: &mut Batch) {
+        if !batch.deliveries.is_empty() {
+            self.hub.publish(&batch.deliveries);
+            batch.deliveries.clear();
+        }
     }
 }

@@ -3,7 +3,9 @@
 //! A NOTIFY on an envelope channel names its tenant in the payload. A NOTIFY on a channel socket.io
 //! clients subscribed to by name goes to every tenant with a subscriber there, once per tenant.
 //! This loop never waits on a tenant: [`Workers::dispatch`] only queues (or delivers a guest-free
-//! tenant's message at once). It does not run guests (`workers`) or reach sockets (`deliver`).
+//! tenant's message at once). Events that arrived together (a transaction's NOTIFYs) are taken
+//! together, so guest-free tenants' subscribers get them in one write. It does not run guests
+//! (`workers`) or reach sockets (`hub`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,9 +13,9 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::channels::{self, Channels};
-use crate::deliver::{Notify, Target};
+use crate::deliver::{Batch, Notify, MAX_BATCH};
 use crate::envelope::Envelope;
-use crate::hub::Hub;
+use crate::hub::{Audience, Hub};
 use crate::listener::ListenerEvent;
 use crate::metrics as m;
 use crate::workers::Workers;
@@ -25,54 +27,78 @@ pub async fn run(
     hub: Arc<Hub>,
     channels: Arc<Channels>,
 ) {
-    while let Some(event) = events.recv().await {
-        match event {
-            ListenerEvent::Notification { channel, payload } if !channels.is_envelope(&channel) => {
-                let received = Instant::now();
-                // Empty when an UNLISTEN was on its way as this arrived.
-                let tenants = channels.tenants(&channel);
-                let body = channels::payload_body(&payload);
-                for tenant in tenants {
-                    workers.dispatch(Notify {
-                        tenant,
-                        topic: None,
-                        body: body.clone(),
-                        channel: channel.clone(),
-                        received,
-                        target: Target::Rooms,
-                    });
+    let mut taken = Vec::with_capacity(MAX_BATCH);
+    let mut batch = Batch::default();
+    while events.recv_many(&mut taken, MAX_BATCH).await > 0 {
+        for event in taken.drain(..) {
+            match event {
+                ListenerEvent::Notification { channel, payload } => {
+                    notification(&workers, &channels, channel, &payload, &mut batch)
+                }
+                ListenerEvent::Gap => {
+                    workers.publish(&mut batch);
+                    hub.gap();
                 }
             }
-            ListenerEvent::Notification { channel, payload } => {
-                let received = Instant::now();
-                match Envelope::parse(&payload) {
-                    Ok(Envelope {
-                        tenant,
-                        topic,
-                        body,
-                    }) => workers.dispatch(Notify {
-                        tenant,
-                        topic,
-                        body,
-                        channel,
-                        received,
-                        target: Target::Hub,
-                    }),
-                    Err(e) => {
-                        metrics::counter!(m::NOTIFICATIONS_REJECTED, "reason" => e.reason())
-                            .increment(1);
-                        tracing::warn!(
-                            %channel,
-                            reason = e.reason(),
-                            error = %e,
-                            payload = %preview(&payload),
-                            "payload rejected"
-                        );
-                    }
-                }
-            }
-            ListenerEvent::Gap => hub.gap(),
         }
+        workers.publish(&mut batch);
+    }
+}
+
+fn notification(
+    workers: &Workers,
+    channels: &Channels,
+    channel: Arc<str>,
+    payload: &str,
+    batch: &mut Batch,
+) {
+    let received = Instant::now();
+    if !channels.is_envelope(&channel) {
+        // Empty when an UNLISTEN was on its way as this arrived.
+        let tenants = channels.tenants(&channel);
+        let body = channels::payload_body(payload);
+        for tenant in tenants {
+            let n = Notify {
+                tenant,
+                topic: None,
+                body: body.clone(),
+                channel: channel.clone(),
+                received,
+                audience: Audience::SocketIo,
+            };
+            workers.dispatch(n, batch);
+        }
+        return;
+    }
+    match Envelope::parse(payload) {
+        Ok(Envelope {
+            tenant,
+            topic,
+            body,
+        }) => {
+            let n = Notify {
+                tenant,
+                topic,
+                body,
+                channel,
+                received,
+                audience: Audience::Sessions,
+            };
+            workers.dispatch(n, batch);
+        }
+        Err(e) => {
+            metrics::counter!(m::NOTIFICATIONS_REJECTED, "reason" => e.reason()).increment(1);
+            tracing::warn!(
+                %channel,
+                reason = e.reason(),
+                error = %e,
+                payload = %preview(payload),
+                "payload rejected"
+            );
+        }
+    }
+    if batch.is_full() {
+        workers.publish(batch);
     }
 }
 

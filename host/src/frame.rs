@@ -4,9 +4,10 @@
 //! re-encoded, so key order, escapes and big integers arrive exactly as sent. It does not decide who
 //! receives a frame (`hub`).
 
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 
 use crate::envelope::{JsonBody, Topic};
+use crate::wire;
 
 /// How a session wants its messages framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,54 +29,56 @@ impl From<crate::config::FrameFormat> for FrameFormat {
     }
 }
 
-/// Encodes a message for `format`. Done once per message and format, whatever the number of
-/// recipients.
+/// Encodes a message for `format` as a whole WebSocket text frame. Done once per message and
+/// format, whatever the number of recipients.
 pub fn encode(
     format: FrameFormat,
     channel: &str,
     topic: Option<&Topic>,
     seq: u64,
     body: &JsonBody,
-) -> Utf8Bytes {
+) -> Bytes {
+    let body = body.as_str();
+    // Room for the frame header in front, filled in once the payload's length is known.
+    let mut out = Vec::with_capacity(wire::MAX_HEADER + body.len() + channel.len() + 72);
+    out.resize(wire::MAX_HEADER, 0);
     match format {
         FrameFormat::Envelope => {
-            let body = body.as_str();
-            let mut out = String::with_capacity(body.len() + 64);
-            out.push_str(r#"{"topic":"#);
+            out.extend_from_slice(br#"{"topic":"#);
             match topic {
                 // Topic names are plain ASCII without quotes or backslashes: no escaping needed.
                 Some(t) => {
-                    out.push('"');
-                    out.push_str(t.as_str());
-                    out.push('"');
+                    out.push(b'"');
+                    out.extend_from_slice(t.as_str().as_bytes());
+                    out.push(b'"');
                 }
-                None => out.push_str("null"),
+                None => out.extend_from_slice(b"null"),
             }
-            out.push_str(r#","seq":"#);
-            out.push_str(&seq.to_string());
-            out.push_str(r#","data":"#);
-            out.push_str(body);
-            out.push('}');
-            Utf8Bytes::from(out)
+            out.extend_from_slice(br#","seq":"#);
+            out.extend_from_slice(seq.to_string().as_bytes());
+            out.extend_from_slice(br#","data":"#);
+            out.extend_from_slice(body.as_bytes());
+            out.push(b'}');
         }
-        FrameFormat::Raw => Utf8Bytes::from(body.as_str()),
+        FrameFormat::Raw => out.extend_from_slice(body.as_bytes()),
         FrameFormat::Pgws => {
-            let body = body.as_str();
-            let mut out = String::with_capacity(body.len() + channel.len() + 72);
-            out.push_str(r#"{"payload":"#);
-            out.push_str(body);
-            out.push_str(r#","channel":"#);
-            push_json_string(&mut out, channel);
-            out.push_str(r#","id":""#);
-            out.push_str(
+            out.extend_from_slice(br#"{"payload":"#);
+            out.extend_from_slice(body.as_bytes());
+            out.extend_from_slice(br#","channel":"#);
+            let mut quoted = String::new();
+            push_json_string(&mut quoted, channel);
+            out.extend_from_slice(quoted.as_bytes());
+            out.extend_from_slice(br#","id":""#);
+            out.extend_from_slice(
                 uuid::Uuid::new_v4()
                     .hyphenated()
-                    .encode_lower(&mut uuid::Uuid::encode_buffer()),
+                    .encode_lower(&mut uuid::Uuid::encode_buffer())
+                    .as_bytes(),
             );
-            out.push_str("\"}");
-            Utf8Bytes::from(out)
+            out.extend_from_slice(b"\"}");
         }
     }
+    wire::text_in_place(out)
 }
 
 /// Appends `s` as a JSON string literal.
@@ -89,11 +92,18 @@ pub fn push_json_string(out: &mut String, s: &str) {
 mod tests {
     use super::*;
 
+    /// The text of a frame of under 126 bytes.
+    fn payload(frame: &Bytes) -> &str {
+        assert_eq!(frame[0], 0x81, "final text frame");
+        assert_eq!(usize::from(frame[1]), frame.len() - 2);
+        std::str::from_utf8(&frame[2..]).expect("utf-8")
+    }
+
     #[test]
     fn pgws_frame_splices_body_verbatim() {
         let body = JsonBody::parse(r#"{"z":1,"a":12345678901234567890,"h":"<&>"}"#).expect("json");
         let frame = encode(FrameFormat::Pgws, "pg\"ws", None, 1, &body);
-        let text = frame.as_str();
+        let text = payload(&frame);
         assert!(text.starts_with(
             r#"{"payload":{"z":1,"a":12345678901234567890,"h":"<&>"},"channel":"pg\"ws","id":""#
         ));
@@ -107,18 +117,18 @@ mod tests {
         let topic = Topic::parse("eu/orders").expect("topic");
         let frame = encode(FrameFormat::Envelope, "c", Some(&topic), 7, &body);
         assert_eq!(
-            frame.as_str(),
+            payload(&frame),
             r#"{"topic":"eu/orders","seq":7,"data":{"a":1}}"#
         );
         let frame = encode(FrameFormat::Envelope, "c", None, 8, &body);
-        assert_eq!(frame.as_str(), r#"{"topic":null,"seq":8,"data":{"a":1}}"#);
+        assert_eq!(payload(&frame), r#"{"topic":null,"seq":8,"data":{"a":1}}"#);
     }
 
     #[test]
     fn raw_frame_is_the_body() {
         let body = JsonBody::parse("[1, 2]").expect("json");
         assert_eq!(
-            encode(FrameFormat::Raw, "c", None, 1, &body).as_str(),
+            payload(&encode(FrameFormat::Raw, "c", None, 1, &body)),
             "[1, 2]"
         );
     }

@@ -1,32 +1,49 @@
-//! Fan-out: from one message to every session of its tenant that wants it.
+//! Fan-out: from a batch of deliveries to every subscriber of their tenants that wants them.
 //!
-//! Owns the tenant → sessions map and each session's sending half. A message is encoded once per frame
-//! format and the same bytes are queued to every recipient with `try_send`: the hub never waits on a
-//! client. A session whose bounded queue is full is unregistered and told to close (it is too slow).
-//! It does not own sockets (`session`) or decide routing (the guest, via `workers` and `deliver`).
+//! Owns the tenant → subscribers map. There are two kinds of subscriber: a `/ws` session (its
+//! [`Outbox`], frame format and topic filter) and a socket.io socket (by channel). Each message is
+//! encoded once per frame format; each `/ws` subscriber gets all of its frames of a batch in one
+//! vectored write straight into its socket, with no task woken unless its socket is full. A session
+//! that stays too slow is ended (1013), a socket.io socket that stops reading is disconnected; both
+//! are counted. Tenants are locked one at a time and never while another tenant's sockets are
+//! written. It does not own sockets' reading side (`session`, `socketio`) or decide routing (the
+//! guest, via `workers` and `deliver`).
 
-use std::collections::HashMap;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use axum::extract::ws::Utf8Bytes;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use bytes::Bytes;
+use serde_json::Value;
+use socketioxide::extract::SocketRef;
+use socketioxide::socket::Sid;
+use socketioxide::{SendError, SocketError};
 
 use crate::admission::Ticket;
 use crate::envelope::{JsonBody, TenantId, Topic, TopicPattern};
 use crate::frame::{self, FrameFormat};
 use crate::metrics as m;
+use crate::outbox::{Outbox, Sent};
 
-/// One message after its guest, ready to fan out. The hub's input is a plain ordered stream of these.
+/// Who a delivery is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// `/ws` sessions of the tenant, by topic.
+    Sessions,
+    /// socket.io sockets of the tenant subscribed to the delivery's channel.
+    SocketIo,
+}
+
+/// One message after its guest, ready to fan out. The hub's input is an ordered stream of these.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub tenant: TenantId,
+    pub audience: Audience,
     /// `None` reaches every session of the tenant; a topic reaches the sessions that take it.
     pub topic: Option<Topic>,
     /// Position in the tenant's stream, counted from 1 since this process started.
     pub seq: u64,
+    /// The NOTIFY channel (for socket.io, the channel subscribers chose, or a route's topic).
     pub channel: Arc<str>,
     pub body: JsonBody,
 }
@@ -36,7 +53,7 @@ pub struct Delivery {
 pub enum TopicFilter {
     All,
     /// Exactly these topics (a subscription list).
-    Only(HashSet<Topic>),
+    Only(Arc<HashSet<Topic>>),
     /// Topics matching any of these patterns (a token's grant).
     Matching(Arc<[TopicPattern]>),
 }
@@ -59,9 +76,8 @@ pub type SessionId = u64;
 pub struct Registration {
     pub id: SessionId,
     pub tenant: TenantId,
-    pub frames: mpsc::Receiver<Utf8Bytes>,
-    /// Cancelled when the hub gives up on the session because its queue overflowed.
-    pub overflowed: CancellationToken,
+    /// The session's socket and send queue, shared with the hub.
+    pub outbox: Arc<Outbox>,
     hub: Arc<Hub>,
     /// The session's place among the server's connections, held until the session ends.
     _ticket: Ticket,
@@ -70,30 +86,80 @@ pub struct Registration {
 impl Registration {
     /// Changes which topics this session takes.
     pub fn set_filter(&self, filter: TopicFilter) {
-        self.hub.set_filter(&self.tenant, self.id, filter);
+        let Some(tenant) = self.hub.tenant(&self.tenant) else {
+            return;
+        };
+        let mut members = lock(&tenant);
+        if let Some(s) = members.sessions.iter_mut().find(|s| s.id == self.id) {
+            s.filter = filter;
+        }
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.hub.unregister(&self.tenant, self.id);
+        self.hub.remove(&self.tenant, |members| {
+            members.sessions.retain(|s| s.id != self.id);
+        });
     }
 }
 
-struct Subscriber {
+struct Session {
     id: SessionId,
     format: FrameFormat,
     filter: TopicFilter,
-    /// Bounded: a client that cannot keep up costs at most this many frames of memory.
-    frames: mpsc::Sender<Utf8Bytes>,
-    overflowed: CancellationToken,
+    outbox: Arc<Outbox>,
 }
 
-/// The live set of sessions, by tenant.
+/// Holds a socket.io socket's events on one channel while it lives (see [`Hub::hold`]).
+pub struct Hold {
+    hub: Arc<Hub>,
+    tenant: TenantId,
+    channel: String,
+    sid: Sid,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.hub.release(&self.tenant, &self.channel, self.sid);
+    }
+}
+
+/// A socket.io socket subscribed to one channel.
+struct Socket {
+    socket: SocketRef,
+    /// While the socket waits for the answer to its own `test_pub` on this channel, its events here
+    /// wait too, so the answer comes first (socketio_pg's order).
+    holds: u32,
+    held: Vec<Value>,
+}
+
+#[derive(Default)]
+struct Members {
+    sessions: Vec<Session>,
+    /// By channel.
+    sockets: HashMap<Arc<str>, Vec<Socket>>,
+}
+
+impl Members {
+    fn is_empty(&self) -> bool {
+        self.sessions.is_empty() && self.sockets.is_empty()
+    }
+}
+
+type Tenant = Arc<Mutex<Members>>;
+
+fn lock(tenant: &Tenant) -> MutexGuard<'_, Members> {
+    tenant.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The live subscribers, by tenant.
 pub struct Hub {
-    /// Read on every message, written on connect, disconnect and overflow.
-    tenants: RwLock<HashMap<TenantId, Vec<Subscriber>>>,
+    /// Written only when a tenant gets its first subscriber or loses its last; each tenant's
+    /// members have their own lock, so fan-out to one tenant never waits on another.
+    tenants: RwLock<HashMap<TenantId, Tenant>>,
     next_id: AtomicU64,
+    /// Frames one session may have waiting for its socket.
     queue_len: usize,
 }
 
@@ -106,7 +172,8 @@ impl Hub {
         }
     }
 
-    /// Registers a session that holds a place among the server's connections.
+    /// Registers a `/ws` session that holds a place among the server's connections. Its outbox
+    /// queues frames until the upgrade attaches the socket.
     pub fn register(
         self: &Arc<Self>,
         ticket: Ticket,
@@ -114,114 +181,220 @@ impl Hub {
         format: FrameFormat,
         filter: TopicFilter,
     ) -> Registration {
-        let mut tenants = self.write();
-        let subs = tenants.entry(tenant.clone()).or_default();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.queue_len);
-        let overflowed = CancellationToken::new();
-        let sub = Subscriber {
+        let outbox = Arc::new(Outbox::new(self.queue_len));
+        let session = Session {
             id,
             format,
             filter,
-            frames: tx,
-            overflowed: overflowed.clone(),
+            outbox: outbox.clone(),
         };
-        subs.push(sub);
-        drop(tenants);
+        self.add(tenant, |members| members.sessions.push(session));
         Registration {
             id,
             tenant: tenant.clone(),
-            frames: rx,
-            overflowed,
+            outbox,
             hub: self.clone(),
             _ticket: ticket,
         }
     }
 
-    /// Removes a session; a no-op if the hub already dropped it.
-    fn unregister(&self, tenant: &TenantId, id: SessionId) {
-        self.remove(tenant, &[id]);
+    /// Adds a socket.io socket to `channel`'s subscribers of `tenant`.
+    pub fn join(&self, tenant: &TenantId, channel: &str, socket: &SocketRef) {
+        self.add(tenant, |members| {
+            let sockets = members.sockets.entry(Arc::from(channel)).or_default();
+            if !sockets.iter().any(|s| s.socket.id == socket.id) {
+                sockets.push(Socket {
+                    socket: socket.clone(),
+                    holds: 0,
+                    held: Vec::new(),
+                });
+            }
+        });
     }
 
-    fn set_filter(&self, tenant: &TenantId, id: SessionId, filter: TopicFilter) {
-        if let Some(sub) = self
-            .write()
-            .get_mut(tenant)
-            .and_then(|subs| subs.iter_mut().find(|s| s.id == id))
-        {
-            sub.filter = filter;
+    /// Takes a socket.io socket off `channel`'s subscribers of `tenant`.
+    pub fn leave(&self, tenant: &TenantId, channel: &str, sid: Sid) {
+        self.remove(tenant, |members| {
+            if let Some(sockets) = members.sockets.get_mut(channel) {
+                sockets.retain(|s| s.socket.id != sid);
+                if sockets.is_empty() {
+                    members.sockets.remove(channel);
+                }
+            }
+        });
+    }
+
+    /// Holds the socket's events on `channel` until the returned [`Hold`] is dropped: the answer to
+    /// its request goes first.
+    pub fn hold(self: &Arc<Self>, tenant: &TenantId, channel: &str, sid: Sid) -> Hold {
+        if let Some(t) = self.tenant(tenant) {
+            if let Some(s) = socket_mut(&mut lock(&t), channel, sid) {
+                s.holds += 1;
+            }
+        }
+        Hold {
+            hub: self.clone(),
+            tenant: tenant.clone(),
+            channel: channel.to_owned(),
+            sid,
         }
     }
 
-    /// Number of sessions registered for `tenant`.
-    pub fn sessions(&self, tenant: &TenantId) -> usize {
-        self.read().get(tenant).map_or(0, Vec::len)
-    }
-
-    /// Queues `delivery` to every matching session of its tenant. Never blocks on a session.
-    pub fn publish(&self, delivery: &Delivery) {
-        let mut encoded: [Option<Utf8Bytes>; 3] = [None, None, None];
-        let mut overflowed = Vec::new();
-        let mut delivered = 0u64;
-        {
-            let tenants = self.read();
-            let Some(subs) = tenants.get(&delivery.tenant) else {
-                return;
-            };
-            for sub in subs {
-                if !sub.filter.accepts(delivery.topic.as_ref()) {
-                    continue;
-                }
-                let slot = &mut encoded[sub.format as usize];
-                let bytes = slot
-                    .get_or_insert_with(|| {
-                        frame::encode(
-                            sub.format,
-                            &delivery.channel,
-                            delivery.topic.as_ref(),
-                            delivery.seq,
-                            &delivery.body,
-                        )
-                    })
-                    .clone();
-                match sub.frames.try_send(bytes) {
-                    Ok(()) => delivered += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        sub.overflowed.cancel();
-                        overflowed.push(sub.id);
-                    }
-                    // The session is on its way out and will unregister itself.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+    /// Ends a hold; the events that waited go out now, in order, before any later one (the tenant
+    /// stays locked meanwhile; emitting only queues).
+    fn release(&self, tenant: &TenantId, channel: &str, sid: Sid) {
+        let Some(t) = self.tenant(tenant) else { return };
+        let mut members = lock(&t);
+        let Some(s) = socket_mut(&mut members, channel, sid) else {
+            return;
+        };
+        s.holds = s.holds.saturating_sub(1);
+        if s.holds == 0 {
+            for data in std::mem::take(&mut s.held) {
+                if emit(&s.socket, &data).is_err() {
+                    break;
                 }
             }
         }
+    }
+
+    /// Number of subscribers `tenant` has (sessions and socket.io subscriptions).
+    pub fn subscribers(&self, tenant: &TenantId) -> usize {
+        self.tenant(tenant).map_or(0, |t| {
+            let members = lock(&t);
+            members.sessions.len() + members.sockets.values().map(Vec::len).sum::<usize>()
+        })
+    }
+
+    /// Fans `deliveries` out, tenant by tenant, in order. Never waits on a client.
+    pub fn publish(&self, deliveries: &[Delivery]) {
+        for run in deliveries.chunk_by(|a, b| a.tenant == b.tenant) {
+            if let Some(tenant) = self.tenant(&run[0].tenant) {
+                self.publish_tenant(&run[0].tenant, &tenant, run);
+            }
+        }
+    }
+
+    fn publish_tenant(&self, name: &TenantId, tenant: &Tenant, run: &[Delivery]) {
+        let mut too_slow: Vec<SessionId> = Vec::new();
+        let mut stalled: Vec<SocketRef> = Vec::new();
+        let mut delivered = 0u64;
+        let mut emitted = 0u64;
+        {
+            let mut members = lock(tenant);
+            if !members.sessions.is_empty() {
+                // Encoded once per message and format, on first need.
+                let mut encoded: Vec<[Option<Bytes>; 3]> = vec![Default::default(); run.len()];
+                let mut frames: Vec<Bytes> = Vec::with_capacity(run.len());
+                for session in &members.sessions {
+                    frames.clear();
+                    for (d, slots) in run.iter().zip(encoded.iter_mut()) {
+                        if d.audience == Audience::Sessions
+                            && session.filter.accepts(d.topic.as_ref())
+                        {
+                            let slot = &mut slots[session.format as usize];
+                            frames.push(
+                                slot.get_or_insert_with(|| {
+                                    frame::encode(
+                                        session.format,
+                                        &d.channel,
+                                        d.topic.as_ref(),
+                                        d.seq,
+                                        &d.body,
+                                    )
+                                })
+                                .clone(),
+                            );
+                        }
+                    }
+                    if frames.is_empty() {
+                        continue;
+                    }
+                    match session.outbox.send(&frames) {
+                        Sent::Written | Sent::Queued => delivered += frames.len() as u64,
+                        Sent::Overflow => too_slow.push(session.id),
+                        Sent::Closed => {}
+                    }
+                }
+            }
+            if !members.sockets.is_empty() {
+                for d in run.iter().filter(|d| d.audience == Audience::SocketIo) {
+                    let Some(sockets) = members.sockets.get_mut(&*d.channel) else {
+                        continue;
+                    };
+                    let data = socketio_event(&d.channel, &d.body);
+                    for s in sockets.iter_mut() {
+                        if stalled.iter().any(|x| x.id == s.socket.id) {
+                            continue;
+                        }
+                        if s.holds > 0 {
+                            if s.held.len() < self.queue_len {
+                                s.held.push(data.clone());
+                            }
+                            continue;
+                        }
+                        match emit(&s.socket, &data) {
+                            Ok(()) => emitted += 1,
+                            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                                stalled.push(s.socket.clone())
+                            }
+                            // Closed: on its way out, its disconnect handler takes it off.
+                            Err(_) => {}
+                        }
+                    }
+                }
+            }
+            if !stalled.is_empty() {
+                for sockets in members.sockets.values_mut() {
+                    sockets.retain(|s| !stalled.iter().any(|x| x.id == s.socket.id));
+                }
+                members.sockets.retain(|_, sockets| !sockets.is_empty());
+            }
+        }
         metrics::counter!(m::DELIVERIES).increment(delivered);
-        if !overflowed.is_empty() {
-            let removed = self.remove(&delivery.tenant, &overflowed);
-            metrics::counter!(m::QUEUE_OVERFLOWS).increment(removed as u64);
+        metrics::counter!(m::SOCKETIO_EVENTS).increment(emitted);
+        if !too_slow.is_empty() {
+            self.remove(name, |members| {
+                members.sessions.retain(|s| !too_slow.contains(&s.id));
+            });
+            metrics::counter!(m::QUEUE_OVERFLOWS).increment(too_slow.len() as u64);
             tracing::warn!(
-                tenant = %delivery.tenant,
-                sessions = removed,
+                tenant = %name,
+                sessions = too_slow.len(),
                 "closing sessions whose queue is full (client too slow)"
             );
+        }
+        if !stalled.is_empty() {
+            metrics::counter!(m::SOCKETIO_TOO_SLOW).increment(stalled.len() as u64);
+            tracing::warn!(
+                tenant = %name,
+                sockets = stalled.len(),
+                "disconnecting socket.io clients whose send buffer is full (client too slow)"
+            );
+            for socket in stalled {
+                // The buffer is full, so no disconnect packet fits: the (patched) socketioxide
+                // closes the transport instead, and the disconnect handler releases the channels.
+                let _ = socket.disconnect();
+            }
         }
     }
 
     /// The listener lost and regained Postgres: NOTIFYs in between are gone. `pgws.v1` sessions get
     /// a `gap` notice; the pgws and raw formats have no way to say it, so it is logged for operators.
     pub fn gap(&self) {
-        let notice = Utf8Bytes::from(
+        let notice = crate::wire::text(
             r#"{"type":"gap","reason":"the server lost its Postgres connection; notifications sent meanwhile were not received"}"#,
         );
-        let mut told = 0;
-        let tenants = self.read();
-        for sub in tenants.values().flatten() {
-            if sub.format == FrameFormat::Envelope && sub.frames.try_send(notice.clone()).is_ok() {
-                told += 1;
-            }
+        let tenants: Vec<Tenant> = self.read().values().cloned().collect();
+        let (mut sessions, mut told) = (0, 0);
+        for tenant in tenants {
+            let members = lock(&tenant);
+            sessions += members.sessions.len();
+            told += tell_envelope_sessions(&members, &notice);
         }
         tracing::warn!(
-            sessions = tenants.values().map(Vec::len).sum::<usize>(),
+            sessions,
             told,
             "notifications sent while the listener was reconnecting were lost"
         );
@@ -231,155 +404,84 @@ impl Hub {
     /// a `gap` notice saying why.
     pub fn tenant_gap(&self, tenant: &TenantId, reason: &str) {
         let notice =
-            Utf8Bytes::from(serde_json::json!({ "type": "gap", "reason": reason }).to_string());
-        let tenants = self.read();
-        for sub in tenants.get(tenant).into_iter().flatten() {
-            if sub.format == FrameFormat::Envelope {
-                let _ = sub.frames.try_send(notice.clone());
+            crate::wire::text(&serde_json::json!({ "type": "gap", "reason": reason }).to_string());
+        if let Some(t) = self.tenant(tenant) {
+            tell_envelope_sessions(&lock(&t), &notice);
+        }
+    }
+
+    fn tenant(&self, tenant: &TenantId) -> Option<Tenant> {
+        self.read().get(tenant).cloned()
+    }
+
+    /// Changes `tenant`'s members, creating its entry if needed.
+    fn add(&self, tenant: &TenantId, change: impl FnOnce(&mut Members)) {
+        // Changed under the map's read lock, so `remove` (which needs the write lock to drop an
+        // empty tenant) cannot drop the entry between the lookup and the change.
+        {
+            let tenants = self.read();
+            if let Some(t) = tenants.get(tenant) {
+                change(&mut lock(t));
+                return;
+            }
+        }
+        let mut tenants = self.write();
+        let t = tenants.entry(tenant.clone()).or_default();
+        change(&mut lock(t));
+    }
+
+    /// Changes `tenant`'s members and drops the tenant's entry once it has none.
+    fn remove(&self, tenant: &TenantId, change: impl FnOnce(&mut Members)) {
+        let empty = {
+            let tenants = self.read();
+            let Some(t) = tenants.get(tenant) else { return };
+            let mut members = lock(t);
+            change(&mut members);
+            members.is_empty()
+        };
+        if empty {
+            let mut tenants = self.write();
+            if tenants.get(tenant).is_some_and(|t| lock(t).is_empty()) {
+                tenants.remove(tenant);
             }
         }
     }
 
-    fn remove(&self, tenant: &TenantId, ids: &[SessionId]) -> usize {
-        let mut tenants = self.write();
-        let Some(subs) = tenants.get_mut(tenant) else {
-            return 0;
-        };
-        let before = subs.len();
-        subs.retain(|s| !ids.contains(&s.id));
-        let removed = before - subs.len();
-        if subs.is_empty() {
-            tenants.remove(tenant);
-        }
-        removed
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<TenantId, Vec<Subscriber>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<TenantId, Tenant>> {
         self.tenants.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<TenantId, Vec<Subscriber>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<TenantId, Tenant>> {
         self.tenants.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::admission::Admission;
-
-    /// Registers a session with a fresh place among connections.
-    fn register(hub: &Arc<Hub>, tenant: &TenantId, filter: TopicFilter) -> Registration {
-        let ticket = Arc::new(Admission::default()).admit(tenant).expect("place");
-        hub.register(ticket, tenant, FrameFormat::Raw, filter)
-    }
-
-    fn delivery(tenant: &str, topic: Option<&str>, body: &str) -> Delivery {
-        Delivery {
-            tenant: TenantId::parse(tenant).expect("tenant"),
-            topic: topic.map(|t| Topic::parse(t).expect("topic")),
-            seq: 1,
-            channel: Arc::from("pgwebsocket"),
-            body: JsonBody::parse(body).expect("json"),
-        }
-    }
-
-    #[test]
-    fn delivers_only_to_the_tenant_and_shares_bytes() {
-        let hub = Arc::new(Hub::new(8));
-        let acme = TenantId::parse("acme").expect("tenant");
-        let other = TenantId::parse("other").expect("tenant");
-        let mut a1 = register(&hub, &acme, TopicFilter::All);
-        let mut a2 = register(&hub, &acme, TopicFilter::All);
-        let mut o = register(&hub, &other, TopicFilter::All);
-        hub.publish(&delivery("acme", None, r#"{"n":1}"#));
-        let f1 = a1.frames.try_recv().expect("a1 frame");
-        let f2 = a2.frames.try_recv().expect("a2 frame");
-        assert_eq!(f1.as_str(), r#"{"n":1}"#);
-        assert_eq!(
-            f1.as_str().as_ptr(),
-            f2.as_str().as_ptr(),
-            "one encoding, shared"
-        );
-        assert!(o.frames.try_recv().is_err());
-    }
-
-    #[test]
-    fn topic_filters_select_topical_messages() {
-        let hub = Arc::new(Hub::new(8));
-        let acme = TenantId::parse("acme").expect("tenant");
-        let only = TopicFilter::Only([Topic::parse("orders").expect("topic")].into());
-        let mut s = register(&hub, &acme, only);
-        hub.publish(&delivery("acme", Some("billing"), "1"));
-        hub.publish(&delivery("acme", Some("orders"), "2"));
-        hub.publish(&delivery("acme", None, "3"));
-        assert_eq!(s.frames.try_recv().expect("orders").as_str(), "2");
-        assert_eq!(s.frames.try_recv().expect("broadcast").as_str(), "3");
-        assert!(s.frames.try_recv().is_err());
-    }
-
-    proptest::proptest! {
-        /// Over any interleaving of connects, disconnects and messages across tenants, every session
-        /// receives exactly its tenant's messages published while it was connected, in order.
-        #[test]
-        fn sessions_receive_exactly_their_tenants_messages(
-            ops in proptest::collection::vec((0u8..3, 0usize..4, 0usize..6), 1..200)
-        ) {
-            let tenants: Vec<TenantId> = ["t0", "t1", "t2", "t3"]
-                .iter()
-                .map(|t| TenantId::parse(t).expect("tenant"))
-                .collect();
-            let hub = Arc::new(Hub::new(1024));
-            // (tenant index, registration, messages expected)
-            let mut sessions: Vec<(usize, Registration, Vec<u64>)> = Vec::new();
-            let mut next = 0u64;
-            for (op, tenant, which) in ops {
-                match op {
-                    0 => {
-                        let reg = register(&hub, &tenants[tenant], TopicFilter::All);
-                        sessions.push((tenant, reg, Vec::new()));
-                    }
-                    1 if !sessions.is_empty() => {
-                        let (_, mut reg, want) = sessions.remove(which % sessions.len());
-                        let got: Vec<u64> = std::iter::from_fn(|| reg.frames.try_recv().ok())
-                            .map(|f| f.as_str().parse().expect("number"))
-                            .collect();
-                        proptest::prop_assert_eq!(got, want);
-                    }
-                    _ => {
-                        next += 1;
-                        let mut d = delivery(tenants[tenant].as_str(), None, "0");
-                        d.body = JsonBody::parse(&next.to_string()).expect("json");
-                        hub.publish(&d);
-                        for (t, _, want) in sessions.iter_mut() {
-                            if *t == tenant {
-                                want.push(next);
-                            }
-                        }
-                    }
-                }
-            }
-            for (_, mut reg, want) in sessions {
-                let got: Vec<u64> = std::iter::from_fn(|| reg.frames.try_recv().ok())
-                    .map(|f| f.as_str().parse().expect("number"))
-                    .collect();
-                proptest::prop_assert_eq!(got, want);
-            }
-        }
-    }
-
-    #[test]
-    fn full_queue_unregisters_and_signals_the_session() {
-        let hub = Arc::new(Hub::new(2));
-        let acme = TenantId::parse("acme").expect("tenant");
-        let slow = register(&hub, &acme, TopicFilter::All);
-        let mut fast = register(&hub, &acme, TopicFilter::All);
-        for _ in 0..3 {
-            hub.publish(&delivery("acme", None, "1"));
-            let _ = fast.frames.try_recv();
-        }
-        assert!(slow.overflowed.is_cancelled());
-        assert!(!fast.overflowed.is_cancelled());
-        assert_eq!(hub.sessions(&acme), 1);
-    }
+fn socket_mut<'a>(members: &'a mut Members, channel: &str, sid: Sid) -> Option<&'a mut Socket> {
+    members
+        .sockets
+        .get_mut(channel)?
+        .iter_mut()
+        .find(|s| s.socket.id == sid)
 }
+
+fn tell_envelope_sessions(members: &Members, notice: &Bytes) -> usize {
+    members
+        .sessions
+        .iter()
+        .filter(|s| s.format == FrameFormat::Envelope)
+        .filter(|s| s.outbox.send(std::slice::from_ref(notice)) != Sent::Closed)
+        .count()
+}
+
+/// socketio_pg's `event {channel, payload}`: the payload as JSON.
+fn socketio_event(channel: &str, body: &JsonBody) -> Value {
+    let payload = serde_json::from_str::<Value>(body.as_str()).unwrap_or(Value::Null);
+    serde_json::json!({ "channel": channel, "payload": payload })
+}
+
+fn emit(socket: &SocketRef, data: &Value) -> Result<(), SendError> {
+    socket.emit("event", data)
+}
+
+#[cfg(test)]
+mod tests;

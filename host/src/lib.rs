@@ -4,8 +4,8 @@
 //! Data flows one way through the modules:
 //!
 //! ```text
-//! listener ──▶ dispatch ──▶ workers (a lane per tenant: its guest) ──▶ deliver ──▶ hub ──▶ session
-//!                                                                             └──▶ rooms (socket.io)
+//! listener ──▶ dispatch ──▶ workers (a lane per tenant: its guest) ──▶ deliver ──▶ hub ──▶ outbox (/ws)
+//!                                                                                     └──▶ socket.io sockets
 //! ```
 //!
 //! - [`listener`]: the one LISTEN connection, drained, reconnected with back-off;
@@ -13,10 +13,12 @@
 //! - [`envelope`]: the payload format `<tenant>[/<topic>],<json>` and its name rules;
 //! - [`dispatch`]: listener events into tenant lanes, never waiting on one;
 //! - [`workers`]: a lane per tenant, guest threads that run any lane, budgets and failure policy;
-//! - [`deliver`]: a verdict into numbered deliveries for the hub or socket.io rooms;
+//! - [`deliver`]: a verdict into numbered deliveries, gathered in batches for the hub;
 //! - [`guest`]: the WebAssembly runtime, limits and the tenant → guest registry;
-//! - [`hub`]: tenant → sessions, bounded per-session queues, encode-once fan-out;
-//! - [`frame`]: the bytes clients receive;
+//! - [`hub`]: tenant → subscribers (`/ws` sessions and socket.io sockets), encode-once fan-out;
+//! - [`outbox`]: one client's socket and bounded send queue, written without a task switch;
+//! - [`frame`]: the messages clients receive, as whole WebSocket frames;
+//! - [`wire`]: WebSocket frames on the wire: server frames, reading client frames;
 //! - [`session`]: one WebSocket connection, and the `pgws.v1` client frames it answers;
 //! - [`protocol`]: the `pgws.v1` envelope protocol's frames;
 //! - [`auth`]: the one identity rule of every endpoint; JWT verification, least-privilege grants;
@@ -25,7 +27,6 @@
 //! - [`upgrade`]: who a connecting client is, decided before the WebSocket upgrade;
 //! - [`socketio`]: the socket.io endpoint (socketio_pg's events);
 //! - [`handshakes`]: the cap on Engine.IO sessions that have not authenticated yet;
-//! - [`rooms`]: socket.io rooms as a delivery target;
 //! - [`server`]: the accept loop, plain HTTP routes, start-up and shutdown order;
 //! - [`admin`]: the token-guarded API to list, upload, remove and roll back guests;
 //! - [`embedded`]: the private development PostgreSQL started when no database URL is given;
@@ -46,11 +47,12 @@ pub mod handshakes;
 pub mod hub;
 pub mod listener;
 pub mod metrics;
+pub mod outbox;
 pub mod protocol;
 pub mod publisher;
-pub mod rooms;
 pub mod server;
 pub mod session;
 pub mod socketio;
 pub mod upgrade;
+pub mod wire;
 pub mod workers;

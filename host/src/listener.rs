@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::{poll_fn, StreamExt};
 use tokio::sync::mpsc;
@@ -77,7 +77,9 @@ enum ConnectionLost {
 }
 
 /// Runs the listener until `shutdown` is cancelled. Never returns early: every failure is followed by
-/// a reconnect after a back-off that doubles from `backoff_min` to `backoff_max`.
+/// a reconnect after a back-off that doubles from `backoff_min` to `backoff_max`. The cap is short on
+/// purpose (500 ms by default): however long Postgres was away, messages flow again within about that
+/// long of its return, and an attempt against a server that is down costs next to nothing.
 pub async fn run(
     config: ListenerConfig,
     events: mpsc::Sender<ListenerEvent>,
@@ -88,6 +90,9 @@ pub async fn run(
 ) {
     let mut backoff = config.backoff_min;
     let mut connected_before = false;
+    // The current outage: when it began, attempts since, and when it was last logged. Logged once
+    // as it begins and then at most every [`OUTAGE_LOG_EVERY`], however often the listener retries.
+    let mut outage: Option<(Instant, u64, Instant)> = None;
     let mut names = ChannelNames::default();
     loop {
         let attempt = listen_once(
@@ -106,14 +111,28 @@ pub async fn run(
         readiness.set(false);
         match outcome {
             Outcome::Listened(lost) => {
+                outage = None;
                 connected_before = true;
                 backoff = config.backoff_min;
                 metrics::counter!(m::LISTENER_RECONNECTS).increment(1);
                 tracing::warn!(error = %lost, "lost the LISTEN connection; reconnecting");
             }
-            Outcome::Failed(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "could not LISTEN");
-            }
+            Outcome::Failed(e) => match &mut outage {
+                None => {
+                    let now = Instant::now();
+                    outage = Some((now, 1, now));
+                    tracing::warn!(error = %e, retry_every = ?config.backoff_max, "could not LISTEN; retrying until Postgres answers");
+                }
+                Some((began, attempts, logged)) => {
+                    *attempts += 1;
+                    if logged.elapsed() >= OUTAGE_LOG_EVERY {
+                        *logged = Instant::now();
+                        tracing::warn!(error = %e, down_for = ?began.elapsed(), attempts = *attempts, "still cannot LISTEN");
+                    } else {
+                        tracing::debug!(error = %e, retry_in = ?backoff, "could not LISTEN");
+                    }
+                }
+            },
             Outcome::DownstreamGone => break,
         }
         let pause = tokio::time::sleep(backoff);
@@ -340,6 +359,9 @@ struct ChannelNames(HashMap<String, Arc<str>>);
 /// Past this many interned names (clients can subscribe to many channels over time) the table starts
 /// over rather than growing without bound.
 const MAX_INTERNED: usize = 4096;
+
+/// How often a long outage is logged again while the listener keeps retrying.
+const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(30);
 
 impl ChannelNames {
     fn get(&mut self, name: &str) -> Arc<str> {

@@ -31,6 +31,7 @@ pub const SOCKETIO_CONNECTIONS: &str = "pgws_socketio_connections_total";
 pub const SOCKETIO_DISCONNECTIONS: &str = "pgws_socketio_disconnections_total";
 pub const SOCKETIO_EVENTS: &str = "pgws_socketio_events_total";
 pub const SOCKETIO_SEND_FAILURES: &str = "pgws_socketio_send_failures_total";
+pub const SOCKETIO_TOO_SLOW: &str = "pgws_socketio_too_slow_total";
 pub const SOCKETIO_ERRORS: &str = "pgws_socketio_errors_total";
 pub const LIMIT_REFUSALS: &str = "pgws_limit_refusals_total";
 pub const SOCKETIO_HANDSHAKES_REFUSED: &str = "pgws_socketio_handshakes_refused_total";
@@ -79,7 +80,7 @@ fn describe() {
         MESSAGES_PUBLISHED,
         "Notifications delivered after the guest (to /ws sessions or socket.io rooms), by tenant"
     );
-    describe_counter!(DELIVERIES, "Frames queued to client sessions");
+    describe_counter!(DELIVERIES, "Frames written or queued to /ws sessions");
     describe_gauge!(CONNECTIONS, "Open WebSocket sessions, by tenant");
     describe_counter!(CONNECTIONS_OPENED, "WebSocket sessions opened");
     describe_counter!(CONNECTIONS_REFUSED, "WebSocket upgrades refused, by reason");
@@ -126,11 +127,15 @@ fn describe() {
     describe_counter!(SOCKETIO_DISCONNECTIONS, "socket.io clients disconnected");
     describe_counter!(
         SOCKETIO_EVENTS,
-        "socket.io `event` broadcasts, one per message per tenant room"
+        "socket.io `event`s sent, one per message per subscribed socket"
     );
     describe_counter!(
         SOCKETIO_SEND_FAILURES,
-        "socket.io broadcasts that some socket could not take (buffer full or closed)"
+        "socket.io answers (subscribed, published, error, ...) a socket could not take, by event"
+    );
+    describe_counter!(
+        SOCKETIO_TOO_SLOW,
+        "socket.io clients disconnected because their send buffer stayed full (client too slow)"
     );
     describe_counter!(
         LIMIT_REFUSALS,

@@ -153,14 +153,11 @@ pub async fn run(
         shutdown.clone(),
     ));
     let connect_timeout = Duration::from_secs(config.socketio_connect_timeout_secs.max(1));
-    let (socketio_layer, rooms) =
+    let (socketio_layer, io) =
         socketio::layer(config.session_queue, config.ws_read_buffer, connect_timeout);
     let workers = Workers::start(
         registry.clone(),
-        Deliverer {
-            hub: hub.clone(),
-            rooms: rooms.clone(),
-        },
+        Deliverer { hub: hub.clone() },
         FailureRules {
             policy: config.guest_failure,
             max_failures: config.guest_max_failures.max(1),
@@ -210,13 +207,14 @@ pub async fn run(
         connect_timeout,
     ));
     socketio::attach(
-        &rooms,
+        &io,
         Arc::new(SocketIoContext {
             identity_rules: socketio_rules,
             admission: admission.clone(),
             test_pub: config.socketio_test_pub,
             max_channels: config.max_channels_per_socket,
             channels: channels.clone(),
+            hub: hub.clone(),
             workers: workers.clone(),
             publisher: publisher.clone(),
             publish_rate: config.publish_rate,
@@ -241,9 +239,8 @@ pub async fn run(
             publish_burst: config.publish_burst,
             max_topics: config.max_topics_per_session,
             write_timeout: Duration::from_secs(config.write_timeout_secs.max(1)),
+            max_client_message: config.max_client_message,
         }),
-        ws_read_buffer: config.ws_read_buffer.max(256),
-        max_client_message: config.max_client_message,
         shutdown: shutdown.clone(),
         sessions: sessions.clone(),
     };
@@ -312,7 +309,7 @@ pub async fn run(
     // socket.io clients get a disconnect packet (and release their channels) the same way.
     sessions.close();
     let bound = Duration::from_secs(config.shutdown_secs);
-    if tokio::time::timeout(bound, rooms.close()).await.is_err() {
+    if tokio::time::timeout(bound, io.close()).await.is_err() {
         tracing::warn!("socket.io clients still open after {bound:?}");
     }
     if tokio::time::timeout(bound, sessions.wait()).await.is_err() {

@@ -1,46 +1,35 @@
 //! One WebSocket client, from upgrade to close.
 //!
-//! Owns the socket, the receiving half of the session's bounded queue, and — for `pgws.v1` clients —
-//! the subscription list, the publish rate limit and the answers to client frames. It writes queued
-//! frames in batches (one flush, so one socket write, for everything already waiting), answers pings,
+//! Owns the client's reading side (frames parsed by `wire`, with no buffer held while idle), its
+//! timers, flushing whatever its outbox could not write at once, and — for `pgws.v1` clients — the
+//! subscription list, the publish rate limit and the answers to client frames. It answers pings,
 //! sends keepalive pings, and closes with a code that says why: 1000 when the client leaves, 1001 on
-//! server shutdown, 1008 when pings go unanswered, 1013 when the client was too slow to keep its queue
-//! from filling, 1009 when it sends a message over `--max-client-message`, 4001 when its token
-//! expires; a client whose socket takes nothing for `--write-timeout-secs` is dropped without one
-//! (none could reach it). It does not decide who the
-//! client is (`upgrade`, `auth`) or what reaches its queue (`hub`).
+//! server shutdown, 1002 or 1007 on a broken frame, 1008 when pings go unanswered, 1009 when the
+//! client sends a message over `--max-client-message`, 1013 when it was too slow to keep its queue
+//! from filling, 4001 when its token expires; a client whose socket takes nothing for
+//! `--write-timeout-secs` is dropped without one (none could reach it). It does not decide who the
+//! client is (`upgrade`, `auth`) or what it is sent (`hub` writes deliveries into the outbox).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
-use tokio::sync::mpsc;
+use bytes::Bytes;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
 use crate::envelope::Topic;
 use crate::hub::{Registration, TopicFilter};
 use crate::metrics as m;
+use crate::outbox::{Ended, Flush, Outbox};
 use crate::protocol::{self, ClientFrame};
 use crate::publisher::{PublishError, Publisher, RateLimit};
+use crate::wire::{self, Incoming, ReadError};
 use crate::workers::{ClientOutcome, Workers};
 
-/// Close code for a client whose queue overflowed ("try again later").
-pub const CLOSE_TOO_SLOW: u16 = 1013;
-/// Close code sent when the server shuts down ("going away").
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-/// Close code for a client that stopped answering pings (policy violation is the closest fit).
-pub const CLOSE_PING_TIMEOUT: u16 = 1008;
-/// Close code for a session whose token expired.
-pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
-/// Close code for a client message over the size cap ("message too big").
-pub const CLOSE_TOO_BIG: u16 = 1009;
-
-/// Most frames written per flush; bounds the time one session holds its worker.
-const MAX_BATCH: usize = 256;
-/// How long a close frame may take to leave before the socket is simply dropped.
+/// How long a close frame (and what is queued before it) may take to leave before the socket is
+/// simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What every session shares.
@@ -53,8 +42,10 @@ pub struct SessionContext {
     pub publish_burst: f64,
     /// Most topics one pgws.v1 session may subscribe to.
     pub max_topics: usize,
-    /// Longest a write to the client may wait for its socket before the session is closed.
+    /// Longest the socket may take nothing while frames wait for it before the session is closed.
     pub write_timeout: Duration,
+    /// Largest message a client may send.
+    pub max_client_message: usize,
 }
 
 /// Which protocol the client chose at the upgrade.
@@ -71,25 +62,30 @@ pub enum Protocol {
 enum Ending {
     ClientClosed,
     ClientError,
+    ProtocolError,
     Shutdown,
     TooSlow,
     PingTimeout,
     TokenExpired,
-    HubDropped,
     TooBig,
     WriteTimeout,
 }
 
 impl Ending {
+    /// Whether a close frame was queued to tell the client why (and is worth a moment to leave).
+    fn says_why(self) -> bool {
+        !matches!(self, Ending::ClientError | Ending::WriteTimeout)
+    }
+
     fn label(self) -> &'static str {
         match self {
             Ending::ClientClosed => "client_closed",
             Ending::ClientError => "client_error",
+            Ending::ProtocolError => "protocol_error",
             Ending::Shutdown => "shutdown",
             Ending::TooSlow => "too_slow",
             Ending::PingTimeout => "ping_timeout",
             Ending::TokenExpired => "token_expired",
-            Ending::HubDropped => "hub_dropped",
             Ending::TooBig => "message_too_big",
             Ending::WriteTimeout => "write_timeout",
         }
@@ -104,127 +100,220 @@ pub struct Session {
 }
 
 impl Session {
-    /// Serves the upgraded connection until it ends; dropping the registration unregisters it.
-    pub async fn run(
-        self,
-        mut ws: WebSocket,
-        ctx: Arc<SessionContext>,
-        shutdown: CancellationToken,
-    ) {
+    /// Serves the connection (attached to the registration's outbox) until it ends; `early` is what
+    /// the client sent right behind its handshake. Dropping the registration unregisters it.
+    pub async fn run(self, early: Bytes, ctx: Arc<SessionContext>, shutdown: CancellationToken) {
         metrics::counter!(m::CONNECTIONS_OPENED).increment(1);
         let Session {
-            mut registration,
+            registration,
             identity,
             protocol,
         } = self;
-        let mut ping = tokio::time::interval(ctx.ping_interval);
+        let outbox = registration.outbox.clone();
+        match outbox.socket() {
+            Some(_) => {
+                let mut client = Client {
+                    outbox: &outbox,
+                    reader: wire::Reader::new(ctx.max_client_message),
+                    answered: true,
+                    v1: V1State {
+                        subscriptions: HashSet::new(),
+                        limit: RateLimit::new(ctx.publish_rate, ctx.publish_burst),
+                    },
+                };
+                client.reader.extend(&early);
+                if protocol == Protocol::V1 {
+                    let hello = protocol::welcome(
+                        identity.tenant.as_str(),
+                        &identity.topic_list(),
+                        identity.can_publish,
+                    );
+                    outbox.send(&[wire::text(&hello)]);
+                }
+                // Boxed: the loop holds the publish path (guest call, database round trip), and
+                // inlined it would make every idle session's task that large.
+                let ending =
+                    Box::pin(client.serve(&registration, &identity, protocol, &ctx, &shutdown))
+                        .await;
+                count(&identity, ending);
+                // Counted first: a close frame behind a full socket may take its whole timeout.
+                if ending.says_why() {
+                    client.finish().await;
+                }
+            }
+            None => count(&identity, Ending::ClientError),
+        }
+    }
+}
+
+fn count(identity: &Identity, ending: Ending) {
+    metrics::counter!(m::SESSIONS_CLOSED, "reason" => ending.label()).increment(1);
+    tracing::debug!(tenant = %identity.tenant, reason = ending.label(), "session closed");
+}
+
+/// A session's state while it runs.
+struct Client<'a> {
+    outbox: &'a Outbox,
+    reader: wire::Reader,
+    /// Whether the client showed life since the last ping.
+    answered: bool,
+    v1: V1State,
+}
+
+impl Client<'_> {
+    async fn serve(
+        &mut self,
+        registration: &Registration,
+        identity: &Identity,
+        protocol: Protocol,
+        ctx: &SessionContext,
+        shutdown: &CancellationToken,
+    ) -> Ending {
+        let outbox = self.outbox;
+        let Some(socket) = outbox.socket() else {
+            return Ending::ClientError;
+        };
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + ctx.ping_interval, ctx.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.tick().await;
-        let mut answered = true;
         let expiry = tokio::time::sleep(until(identity.expires_at));
         tokio::pin!(expiry);
-        let mut state = V1State {
-            subscriptions: HashSet::new(),
-            limit: RateLimit::new(ctx.publish_rate, ctx.publish_burst),
-        };
-        if protocol == Protocol::V1 {
-            let hello = protocol::welcome(
-                identity.tenant.as_str(),
-                &identity.topic_list(),
-                identity.can_publish,
-            );
-            let _ = within(ctx.write_timeout, ws.send(Message::Text(hello.into()))).await;
+        // While frames wait for the socket: the time by which it must take some.
+        let stall = tokio::time::sleep(ctx.write_timeout);
+        tokio::pin!(stall);
+        let mut flushing = false;
+        // Bytes the client sent with its handshake may already hold whole messages.
+        if let Some(ending) = self
+            .handle_messages(registration, identity, protocol, ctx)
+            .await
+        {
+            return ending;
         }
-
         let ending = loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    close(&mut ws, CLOSE_GOING_AWAY, "server shutting down").await;
+                    outbox.close(wire::close(wire::CLOSE_GOING_AWAY, "server shutting down"));
                     break Ending::Shutdown;
                 }
-                _ = registration.overflowed.cancelled() => {
-                    close(&mut ws, CLOSE_TOO_SLOW, "client too slow: message queue full").await;
-                    break Ending::TooSlow;
+                _ = outbox.woken() => match outbox.ended() {
+                    Some(Ended::TooSlow) => break Ending::TooSlow,
+                    Some(Ended::Broken) => return Ending::ClientError,
+                    None if !flushing && outbox.has_pending() => {
+                        flushing = true;
+                        stall.as_mut().reset(Instant::now() + ctx.write_timeout);
+                    }
+                    None => {}
+                },
+                ready = socket.writable(), if flushing => {
+                    if ready.is_err() {
+                        return Ending::ClientError;
+                    }
+                    match outbox.flush() {
+                        Ok(Flush::Empty) => flushing = false,
+                        Ok(Flush::Progress) => stall.as_mut().reset(Instant::now() + ctx.write_timeout),
+                        Ok(Flush::Blocked) => {}
+                        Err(_) => return Ending::ClientError,
+                    }
                 }
+                _ = &mut stall, if flushing => return Ending::WriteTimeout,
                 _ = &mut expiry, if identity.expires_at.is_some() => {
-                    close(&mut ws, CLOSE_TOKEN_EXPIRED, "token expired").await;
+                    outbox.close(wire::close(wire::CLOSE_TOKEN_EXPIRED, "token expired"));
                     break Ending::TokenExpired;
                 }
-                frame = registration.frames.recv() => {
-                    let Some(frame) = frame else { break Ending::HubDropped };
-                    let write = write_batch(&mut ws, frame, &mut registration.frames);
-                    // A client that stops reading leaves this write pending; the hub then overflows
-                    // its queue and cancels `overflowed`, which must end the session even mid-write.
-                    // A socket that takes nothing for the write timeout ends the session even when
-                    // its queue never fills (a trickle of messages to a client that stopped reading).
-                    let written = tokio::select! {
-                        r = within(ctx.write_timeout, write) => r,
-                        _ = registration.overflowed.cancelled() => Err(Ending::TooSlow),
-                        _ = shutdown.cancelled() => Err(Ending::Shutdown),
-                    };
-                    if let Err(ending) = written {
+                ready = socket.readable() => {
+                    if ready.is_err() {
+                        return Ending::ClientError;
+                    }
+                    match socket.try_read_buf(self.reader.buffer()) {
+                        Ok(0) => return Ending::ClientClosed,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Ending::ClientError,
+                    }
+                    if let Some(ending) = self.handle_messages(registration, identity, protocol, ctx).await {
                         break ending;
                     }
                 }
-                incoming = ws.recv() => match incoming {
-                    None => break Ending::ClientClosed,
-                    Some(Err(e)) if is_too_big(&e) => {
-                        close(&mut ws, CLOSE_TOO_BIG, "message too big").await;
-                        break Ending::TooBig;
-                    }
-                    Some(Err(_)) => break Ending::ClientError,
-                    Some(Ok(Message::Close(_))) => {
-                        // tungstenite queued the closing reply; flushing sends it.
-                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
-                        break Ending::ClientClosed;
-                    }
-                    Some(Ok(Message::Pong(_))) => answered = true,
-                    Some(Ok(Message::Text(text))) if protocol == Protocol::V1 => {
-                        answered = true;
-                        // Boxed: the publish path (guest call, database round trip) is a large
-                        // future, and inlined it would make every idle session's task that large.
-                        let reply =
-                            Box::pin(state.handle(&text, &identity, &registration, &ctx)).await;
-                        if let Err(ending) = within(ctx.write_timeout, ws.send(Message::Text(reply.into()))).await {
-                            break ending;
-                        }
-                    }
-                    // Pings are answered by tungstenite on the next write; in pgws's protocol the
-                    // client's own messages carry nothing and are ignored, as pgws does.
-                    Some(Ok(_)) => {
-                        answered = true;
-                        if let Err(ending) = within(ctx.write_timeout, ws.flush()).await {
-                            break ending;
-                        }
-                    }
-                },
                 _ = ping.tick() => {
-                    if !answered {
-                        close(&mut ws, CLOSE_PING_TIMEOUT, "no pong within the keepalive interval").await;
+                    if !self.answered {
+                        outbox.close(wire::close(wire::CLOSE_PING_TIMEOUT, "no pong within the keepalive interval"));
                         break Ending::PingTimeout;
                     }
-                    answered = false;
-                    if let Err(ending) = within(ctx.write_timeout, ws.send(Message::Ping(Default::default()))).await {
-                        break ending;
-                    }
+                    self.answered = false;
+                    outbox.send(&[Bytes::from_static(&[0x80 | wire::OP_PING, 0])]);
                 }
             }
         };
-        metrics::counter!(m::SESSIONS_CLOSED, "reason" => ending.label()).increment(1);
-        tracing::debug!(tenant = %identity.tenant, reason = ending.label(), "session closed");
+        ending
     }
-}
 
-/// Runs one write to the client, bounded by the write timeout; the ending it causes, if any.
-async fn within(
-    limit: Duration,
-    write: impl std::future::Future<Output = Result<(), axum::Error>>,
-) -> Result<(), Ending> {
-    match tokio::time::timeout(limit, write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(Ending::ClientError),
-        Err(_) => Err(Ending::WriteTimeout),
+    /// Lets what is queued (the close frame last) leave within [`CLOSE_TIMEOUT`].
+    async fn finish(&self) {
+        let outbox = self.outbox;
+        let Some(socket) = outbox.socket() else {
+            return;
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            loop {
+                match outbox.flush() {
+                    Ok(Flush::Empty) | Err(_) => break,
+                    Ok(_) => {
+                        if socket.writable().await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Acts on every whole message read so far; the ending, if one of them ends the session.
+    async fn handle_messages(
+        &mut self,
+        registration: &Registration,
+        identity: &Identity,
+        protocol: Protocol,
+        ctx: &SessionContext,
+    ) -> Option<Ending> {
+        let ending = loop {
+            let message = match self.reader.message() {
+                Ok(Some(message)) => message,
+                Ok(None) => break None,
+                Err(e) => {
+                    self.outbox.close(wire::close(e.code(), &e.to_string()));
+                    break Some(match e {
+                        ReadError::TooBig(_) => Ending::TooBig,
+                        _ => Ending::ProtocolError,
+                    });
+                }
+            };
+            self.answered = true;
+            match message {
+                Incoming::Text(text) if protocol == Protocol::V1 => {
+                    let reply = self.v1.handle(&text, identity, registration, ctx).await;
+                    self.outbox.send(&[wire::text(&reply)]);
+                }
+                Incoming::Ping(payload) => {
+                    self.outbox.send(&[wire::frame(wire::OP_PONG, &payload)]);
+                }
+                Incoming::Close(code) => {
+                    // Echo the client's code, as the protocol asks.
+                    let reply = match code {
+                        Some(code) => wire::close(code, ""),
+                        None => wire::frame(wire::OP_CLOSE, &[]),
+                    };
+                    self.outbox.close(reply);
+                    break Some(Ending::ClientClosed);
+                }
+                // In pgws's protocol the client's own messages carry nothing and are ignored, as
+                // pgws does.
+                Incoming::Text(_) | Incoming::Binary(_) | Incoming::Pong => {}
+            }
+        };
+        self.reader.compact();
+        ending
     }
 }
 
@@ -236,18 +325,6 @@ fn until(at: Option<std::time::SystemTime>) -> Duration {
             .unwrap_or_default(),
         None => Duration::from_secs(u32::MAX.into()),
     }
-}
-
-/// Whether a read failed because the client's message was over the size cap.
-fn is_too_big(error: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 /// What a `pgws.v1` session keeps between client frames.
@@ -294,14 +371,14 @@ impl V1State {
                     return protocol::error("too_many_topics", &msg, r#ref.as_ref());
                 }
                 self.subscriptions.extend(topics.iter().cloned());
-                registration.set_filter(TopicFilter::Only(self.subscriptions.clone()));
+                registration.set_filter(TopicFilter::Only(Arc::new(self.subscriptions.clone())));
                 protocol::subscribed("subscribed", &topics, r#ref.as_ref())
             }
             ClientFrame::Unsubscribe { topics, r#ref } => {
                 for t in &topics {
                     self.subscriptions.remove(t);
                 }
-                registration.set_filter(TopicFilter::Only(self.subscriptions.clone()));
+                registration.set_filter(TopicFilter::Only(Arc::new(self.subscriptions.clone())));
                 protocol::subscribed("unsubscribed", &topics, r#ref.as_ref())
             }
             ClientFrame::Publish { topic, data, r#ref } => {
@@ -364,29 +441,4 @@ impl V1State {
                 PublishError::Unavailable(_) => ("publish_failed", e.to_string()),
             })
     }
-}
-
-/// Writes `first` and whatever else is already queued (up to [`MAX_BATCH`]) with one flush, so a
-/// backlog leaves in one socket write instead of one per frame.
-async fn write_batch(
-    ws: &mut WebSocket,
-    first: Utf8Bytes,
-    queue: &mut mpsc::Receiver<Utf8Bytes>,
-) -> Result<(), axum::Error> {
-    ws.feed(Message::Text(first)).await?;
-    for _ in 1..MAX_BATCH {
-        match queue.try_recv() {
-            Ok(frame) => ws.feed(Message::Text(frame)).await?,
-            Err(_) => break,
-        }
-    }
-    ws.flush().await
-}
-
-async fn close(ws: &mut WebSocket, code: u16, reason: &'static str) {
-    let frame = CloseFrame {
-        code,
-        reason: reason.into(),
-    };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(Message::Close(Some(frame)))).await;
 }

@@ -15,8 +15,11 @@
 //!   {channel}` (only with an `rw` token or `--socketio-test-pub`);
 //! - anything wrong → `error {message}`, and nothing else changes.
 //!
-//! It does not LISTEN itself (`channels` counts subscriptions, `listener` applies them) and does not run
-//! guests (`workers`) or emit deliveries (`rooms`).
+//! Deliveries reach a socket because its subscriptions are subscribers of the `hub`, the same fan-out
+//! `/ws` sessions use; a socket's `test_pub` holds its events on that channel until `published` is
+//! sent, so the answer comes before the event it caused (socketio_pg's order). It does not LISTEN
+//! itself (`channels` counts subscriptions, `listener` applies them) and does not run guests
+//! (`workers`).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -38,9 +41,9 @@ use crate::channels::{ChannelName, Channels, SubscribeError};
 use crate::envelope::{JsonBody, Topic};
 use crate::guest::Authorization;
 use crate::handshakes::Handshakes;
+use crate::hub::{Hold, Hub};
 use crate::metrics as m;
 use crate::publisher::{Publisher, RateLimit, MAX_PAYLOAD};
-use crate::rooms::{room, Rooms};
 use crate::workers::{ClientOutcome, Workers};
 
 /// What the socket.io handlers need.
@@ -53,6 +56,7 @@ pub struct SocketIoContext {
     /// Channels one socket may hold at once.
     pub max_channels: usize,
     pub channels: Arc<Channels>,
+    pub hub: Arc<Hub>,
     pub workers: Workers,
     pub publisher: Arc<Publisher>,
     /// `test_pub`s per second one socket may sustain, and the burst it may spend at once.
@@ -62,25 +66,25 @@ pub struct SocketIoContext {
     pub handshakes: Arc<Handshakes>,
 }
 
-/// The socketioxide layer (mount it on the router) and the [`Rooms`] handle for the workers. The
-/// namespace is attached later with [`attach`], once the workers exist. `queue_len` packets may wait
+/// The socketioxide layer (mount it on the router) and the socket.io server. The namespace is
+/// attached later with [`attach`], once the workers exist. `queue_len` packets may wait
 /// for one socket; `read_buffer` is its WebSocket read buffer (small keeps idle sockets cheap);
 /// `connect_timeout` is how long an Engine.IO session may go without connecting to the namespace.
 pub fn layer(
     queue_len: usize,
     read_buffer: usize,
     connect_timeout: Duration,
-) -> (SocketIoLayer, Rooms) {
+) -> (SocketIoLayer, SocketIo) {
     let (layer, io) = SocketIo::builder()
         .max_buffer_size(queue_len.max(16))
         .ws_read_buffer_size(read_buffer.max(256))
         .connect_timeout(connect_timeout)
         .build_layer();
-    (layer, Rooms::new(io))
+    (layer, io)
 }
 
 /// Serves the default namespace: authentication as a connect middleware, then the events.
-pub fn attach(rooms: &Rooms, ctx: Arc<SocketIoContext>) {
+pub fn attach(io: &SocketIo, ctx: Arc<SocketIoContext>) {
     // The event handlers are registered by the middleware, before socketioxide acknowledges the
     // connection: it handles the client's next packets on another task, and a client may send
     // `subscribe` the moment it sees the acknowledgement.
@@ -100,10 +104,10 @@ pub fn attach(rooms: &Rooms, ctx: Arc<SocketIoContext>) {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip().to_string())
             .unwrap_or_default();
-        let _ = s.emit("server_hello", &serde_json::json!({ "client": client }));
+        emit(&s, "server_hello", &serde_json::json!({ "client": client }));
         std::future::ready(())
     };
-    rooms.io().ns("/", hello.with(admit));
+    io.ns("/", hello.with(admit));
 }
 
 /// A connection refused: the reason goes to logs and metrics, the message to the client's
@@ -220,8 +224,10 @@ fn serve(ctx: Arc<SocketIoContext>, s: &SocketRef, identity: Identity, ticket: T
             tokio::select! {
                 _ = gone.cancelled() => {}
                 _ = tokio::time::sleep(left) => {
-                    let _ = s.emit("error", &message("token expired"));
-                    let _ = s.disconnect();
+                    emit(&s, "error", &message("token expired"));
+                    if let Err(e) = s.disconnect() {
+                        tracing::debug!(error = %e, "socket.io disconnect at token expiry");
+                    }
                 }
             }
         });
@@ -315,6 +321,9 @@ async fn leave(ctx: &SocketIoContext, member: &Member, s: &SocketRef) {
 
 /// Answers one request: the acknowledgement event, or `error`.
 async fn answer(ctx: &SocketIoContext, member: &Member, s: &SocketRef, request: Request) {
+    // A `test_pub`'s hold on the socket's events ends after `published` is queued, so the event it
+    // caused follows the answer.
+    let mut hold: Option<Hold> = None;
     let (event, result, ack) = match request {
         Request::Subscribe(data) => (
             "subscribe",
@@ -326,26 +335,37 @@ async fn answer(ctx: &SocketIoContext, member: &Member, s: &SocketRef, request: 
             unsubscribe(ctx, member, s, data).await,
             "unsubscribed",
         ),
-        Request::TestPub(data) => ("test_pub", test_pub(ctx, member, data).await, "published"),
+        Request::TestPub(data) => {
+            let result = test_pub(ctx, member, s, data).await.map(|(channel, held)| {
+                hold = Some(held);
+                channel
+            });
+            ("test_pub", result, "published")
+        }
     };
     match result {
         Ok(channel) => emit(s, ack, &serde_json::json!({ "channel": channel })),
         Err(e) => fail(s, event, e),
     }
+    drop(hold);
 }
 
 fn message(text: &str) -> Value {
     serde_json::json!({ "message": text })
 }
 
+/// Sends one event to the socket; a send that fails is logged and counted, never lost silently.
 fn emit(s: &SocketRef, event: &str, data: &Value) {
-    let _ = s.emit(event, data);
+    if let Err(e) = s.emit(event, data) {
+        metrics::counter!(m::SOCKETIO_SEND_FAILURES, "event" => event.to_owned()).increment(1);
+        tracing::debug!(event, error = %e, "socket.io event could not be sent");
+    }
 }
 
 fn fail(s: &SocketRef, event: &'static str, error: String) {
     metrics::counter!(m::SOCKETIO_ERRORS, "event" => event).increment(1);
     tracing::debug!(event, error = %error, "socket.io request refused");
-    let _ = s.emit("error", &message(&error));
+    emit(s, "error", &message(&error));
 }
 
 /// The `channel` of a request, checked against the name rule, the reserved channels and the token.
@@ -400,17 +420,16 @@ async fn subscribe(
             ctx.max_channels
         ));
     }
-    // In the room before the LISTEN is confirmed, so the first NOTIFY after `subscribed` finds it.
-    let room = room(&identity.tenant, channel.as_str());
-    s.join(room.clone());
+    // A subscriber before the LISTEN is confirmed, so the first NOTIFY after `subscribed` finds it.
+    ctx.hub.join(&identity.tenant, channel.as_str(), s);
     subscribed.insert(channel.clone());
     match ctx.channels.subscribe(&identity.tenant, &channel).await {
         Ok(()) => Ok(channel.to_string()),
         // Counted before the LISTEN was queued, so released with the rest on disconnect.
         Err(e @ SubscribeError::ListenerGone) => Err(e.to_string()),
-        // Refused before anything was counted: undo the room and the list.
+        // Refused before anything was counted: undo the subscription and the list.
         Err(e) => {
-            s.leave(room);
+            ctx.hub.leave(&identity.tenant, channel.as_str(), s.id);
             subscribed.remove(&channel);
             let limit = match e {
                 SubscribeError::Tenant(_) => "listen_channels_per_tenant",
@@ -437,17 +456,20 @@ async fn unsubscribe(
     Ok(channel.to_string())
 }
 
-/// Takes the socket out of the channel's room and gives back its count on the channel.
+/// Takes the socket off the channel's subscribers and gives back its count on the channel.
 fn release(ctx: &SocketIoContext, identity: &Identity, s: &SocketRef, channel: &ChannelName) {
-    s.leave(room(&identity.tenant, channel.as_str()));
+    ctx.hub.leave(&identity.tenant, channel.as_str(), s.id);
     ctx.channels.unsubscribe(&identity.tenant, channel);
 }
 
+/// Publishes a client's message; on success, the channel and the hold on the socket's events
+/// there, to be dropped once `published` is sent.
 async fn test_pub(
     ctx: &SocketIoContext,
     member: &Member,
+    s: &SocketRef,
     data: Option<Value>,
-) -> Result<String, String> {
+) -> Result<(String, Hold), String> {
     let identity = &member.identity;
     if !(identity.can_publish || ctx.test_pub) {
         return Err(
@@ -493,10 +515,11 @@ async fn test_pub(
             return Err(format!("test_pub rejected: {reason}"));
         }
     };
+    let hold = ctx.hub.hold(&identity.tenant, channel.as_str(), s.id);
     ctx.publisher
         .notify(channel.as_str(), &body)
         .await
         .map_err(|e| format!("test_pub failed: {e}"))?;
     metrics::counter!(m::CLIENT_PUBLISHES, "outcome" => "published").increment(1);
-    Ok(channel.to_string())
+    Ok((channel.to_string(), hold))
 }

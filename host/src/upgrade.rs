@@ -3,18 +3,21 @@
 //! Owns the `/ws` route: gathers the client's credentials (header, query or subprotocol) for the one
 //! identity rule (`auth::identify`), asks the tenant guest's authorize hook, picks the protocol
 //! (pgws.v1 or pgws's), checks topics and connection limits, registers the session with the hub
-//! before the 101 goes out, and hands the socket to `session`. Every refusal is an HTTP status with a
-//! reason, logged and counted, never a panic.
+//! before the 101 goes out, answers the WebSocket handshake, and hands the bare TCP socket to the
+//! session's outbox (the hub writes frames into it directly) and to `session`. Every refusal is an
+//! HTTP status with a reason, logged and counted, never a panic.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -39,8 +42,6 @@ pub struct Upgrades {
     /// Most topics one session may take (`?topics=` or pgws.v1 subscriptions).
     pub max_topics: usize,
     pub ctx: Arc<SessionContext>,
-    pub ws_read_buffer: usize,
-    pub max_client_message: usize,
     pub shutdown: CancellationToken,
     /// Every session task, so shutdown can wait for them.
     pub sessions: TaskTracker,
@@ -78,14 +79,60 @@ impl IntoResponse for Refusal {
 }
 
 /// The subprotocols a client offered, in its order.
-fn offered_protocols(upgrade: &WebSocketUpgrade) -> Vec<String> {
-    upgrade
-        .requested_protocols()
+fn offered_protocols(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|p| p.trim().to_owned())
         .filter(|p| !p.is_empty())
         .collect()
+}
+
+/// Whether a comma-separated header holds `token` (any case).
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Checks that the request is a WebSocket handshake this server speaks (RFC 6455, version 13) and
+/// returns its `Sec-WebSocket-Accept`.
+fn handshake(headers: &HeaderMap) -> Result<String, Refusal> {
+    if !has_token(headers, header::UPGRADE, "websocket")
+        || !has_token(headers, header::CONNECTION, "upgrade")
+    {
+        return Err(refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "not_websocket",
+            "this is a WebSocket endpoint: send a WebSocket handshake".into(),
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err(refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket_version",
+            "unsupported WebSocket version: this server speaks version 13".into(),
+        ));
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                "websocket_key",
+                "missing Sec-WebSocket-Key".into(),
+            )
+        })?;
+    Ok(tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
 
 /// What the client presented: the `Authorization` header, `?token=` or a `bearer.<token>`
@@ -119,7 +166,7 @@ async fn ws_handler(
     State(app): State<Upgrades>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    mut request: Request,
 ) -> Result<Response, Refusal> {
     if app.shutdown.is_cancelled() {
         return Err(refuse(
@@ -128,7 +175,8 @@ async fn ws_handler(
             "server is shutting down".into(),
         ));
     }
-    let offered = offered_protocols(&upgrade);
+    let accept = handshake(&headers)?;
+    let offered = offered_protocols(&headers);
     let identity = crate::auth::identify(
         &credentials(&headers, &params, &offered),
         &app.identity_rules,
@@ -160,7 +208,7 @@ async fn ws_handler(
         (
             Protocol::V1,
             FrameFormat::Envelope,
-            TopicFilter::Only(HashSet::new()),
+            TopicFilter::Only(Arc::default()),
         )
     } else {
         let filter = match params.get("topics") {
@@ -180,7 +228,7 @@ async fn ws_handler(
                             format!("topic {t} is not allowed by your token"),
                         ));
                     }
-                    TopicFilter::Only(topics)
+                    TopicFilter::Only(Arc::new(topics))
                 }
                 Err(e) => {
                     return Err(refuse(
@@ -216,13 +264,41 @@ async fn ws_handler(
         identity,
         protocol,
     };
-    let ctx = app.ctx.clone();
-    let shutdown = app.shutdown.clone();
-    let sessions = app.sessions.clone();
-    Ok(upgrade
-        .protocols(selected)
-        .read_buffer_size(app.ws_read_buffer)
-        .max_message_size(app.max_client_message)
-        .max_frame_size(app.max_client_message)
-        .on_upgrade(move |socket| sessions.track_future(session.run(socket, ctx, shutdown))))
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let (ctx, shutdown) = (app.ctx.clone(), app.shutdown.clone());
+    app.sessions.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "WebSocket upgrade did not complete");
+                return;
+            }
+        };
+        // The server serves every connection as `TokioIo<TcpStream>`, so this always holds.
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            tracing::error!("upgraded connection is not a TCP stream; closing it");
+            return;
+        };
+        session.registration.outbox.attach(parts.io.into_inner());
+        session.run(parts.read_buf, ctx, shutdown).await;
+    });
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).map_err(|_| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                "websocket_key",
+                "bad Sec-WebSocket-Key".into(),
+            )
+        })?,
+    );
+    if let Some(p) = selected.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    Ok(response)
 }

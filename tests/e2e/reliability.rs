@@ -394,3 +394,24 @@ async fn connection_limits_are_enforced() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// After Postgres was down for 5 s, with the default back-off, a single NOTIFY sent 1 s after it is
+/// back is delivered: the listener is LISTENing again by then, whatever the outage's length.
+#[tokio::test(flavor = "multi_thread")]
+async fn back_within_a_second_after_a_long_outage() -> anyhow::Result<()> {
+    let pg = PgCluster::start()?;
+    let url = pg.url("postgres");
+    let server = Server::start(&url, DEV).await?;
+    let mut client = Client::connect(&server.ws_url("?tenant=acme")).await?;
+    until_flowing(&url, &mut client, "before").await?;
+
+    pg.stop_server()?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    pg.start_server()?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sql = connect(&url).await?;
+    notify(&sql, r#"acme,{"after":"outage"}"#).await?;
+    let frame: serde_json::Value = serde_json::from_str(&client.recv_text().await?)?;
+    assert_eq!(frame, serde_json::json!({ "after": "outage" }));
+    Ok(())
+}

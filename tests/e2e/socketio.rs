@@ -676,3 +676,83 @@ async fn development_tenant_from_auth_or_query() -> anyhow::Result<()> {
     assert!(data.to_string().contains("no tenant"), "{data}");
     Ok(())
 }
+
+/// A raw Engine.IO 4 WebSocket client with a tiny receive buffer: connects, subscribes to
+/// `channel`, and from then on reads nothing unless asked.
+async fn stalled_client(
+    server: &crate::harness::Server,
+    token: &str,
+    channel: &str,
+) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let stream = socket.connect(server.addr).await?;
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    // Engine.IO pings ("2") are answered ("3") while setting up.
+    let mut next_text = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| loop {
+        match tokio::time::timeout(PATIENCE, ws.next()).await? {
+            Some(Ok(Message::Text(t))) if t.as_str() == "2" => ws.send(Message::text("3")).await?,
+            Some(Ok(Message::Text(t))) => return anyhow::Ok(t.to_string()),
+            Some(Ok(_)) => continue,
+            other => anyhow::bail!("stream ended: {other:?}"),
+        }
+    };
+    anyhow::ensure!(next_text(&mut ws).await?.starts_with("0{"), "Engine.IO open");
+    ws.send(Message::text(format!("40{}", json!({ "token": token }))))
+        .await?;
+    anyhow::ensure!(next_text(&mut ws).await?.starts_with("40{"), "connected");
+    anyhow::ensure!(next_text(&mut ws).await?.contains("server_hello"));
+    let subscribe = json!(["subscribe", { "channel": channel }]);
+    ws.send(Message::text(format!("42{subscribe}"))).await?;
+    let answer = next_text(&mut ws).await?;
+    anyhow::ensure!(answer.contains("subscribed"), "{answer}");
+    Ok(ws)
+}
+
+/// A socket.io client that stops reading is disconnected once its buffer is full, and counted, while
+/// the other clients on the same channel get every event in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_client_is_disconnected_and_the_others_get_everything() -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    const MESSAGES: usize = 600;
+    let (server, sql) = spawn_app(&["--jwt-secret", SECRET, "--session-queue", "32"]).await?;
+    let t = token(json!({"tenant": "a", "channels": ["news"]}));
+    let mut stalled = stalled_client(&server, &t, "news").await?;
+    let mut readers = Vec::new();
+    for kind in [Kind::Node4, Kind::Python] {
+        let (mut c, _) = SioClient::connected(kind, &base(&server), auth(&t)).await?;
+        c.subscribe("news").await?;
+        readers.push(tokio::spawn(async move {
+            for i in 0..MESSAGES {
+                let event = c.expect("event").await?;
+                anyhow::ensure!(
+                    event["payload"]["i"] == json!(i),
+                    "{kind:?}: expected {i}, got {}",
+                    event["payload"]["i"]
+                );
+            }
+            Ok(())
+        }));
+    }
+    let pad = "z".repeat(7000);
+    for i in 0..MESSAGES {
+        notify_on(&sql, "news", &format!(r#"{{"i":{i},"pad":"{pad}"}}"#)).await?;
+    }
+    for r in readers {
+        r.await??;
+    }
+    server
+        .wait_metric("pgws_socketio_too_slow_total", &[], 1.0, PATIENCE)
+        .await?;
+    assert_eq!(server.metric("pgws_socketio_too_slow_total", &[]).await?, 1.0);
+    // Reading again, the stalled client finds its stream ended rather than events for ever.
+    let ended = tokio::time::timeout(PATIENCE, async {
+        while let Some(Ok(_)) = stalled.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stalled client's connection was closed");
+    Ok(())
+}

@@ -15,6 +15,7 @@ scenarios (targets in BENCHMARKS.md):
   idle-50k        50,000 idle connections over 3 pgws processes on one port
   idle-100k       100,000 idle connections over 6 pgws processes, held 10 minutes
   fanout          10,000 subscribers x 100 NOTIFY/s through a passthrough guest
+  moderate        1,000 subscribers over 2 tenants x 300 NOTIFY/s in transactions of 10, pgws frames
   latency-small   100 subscribers x 1,000 NOTIFY/s
   latency-mid     1,000 subscribers x 100 NOTIFY/s
   latency-large   10,000 subscribers x 10 NOTIFY/s
@@ -73,10 +74,12 @@ if [ -z "${DATABASE_URL:-}" ]; then
 fi
 
 port=${PORT:-18080}
-# PGWS_ARGS: extra server flags for a run (e.g. PGWS_ARGS="--guest-threads 1").
+# PGWS_ARGS: extra server flags for a run (e.g. PGWS_ARGS="--guest-threads 1"); PGWS_BIN: another
+# pgws binary to measure (e.g. an earlier build, for before/after figures).
+pgws_bin=${PGWS_BIN:-$bin/pgws}
 server() {
   # shellcheck disable=SC2086
-  PGWS_LOG=warn "$bin/pgws" --listen "127.0.0.1:$port" "$@" ${PGWS_ARGS:-} >/dev/null 2>&1 &
+  PGWS_LOG=warn "$pgws_bin" --listen "127.0.0.1:$port" "$@" ${PGWS_ARGS:-} >/dev/null 2>&1 &
   pids+=($!)
   server_pid=$!
   for _ in $(seq 100); do
@@ -88,7 +91,7 @@ server() {
 }
 
 ws() {
-  server --insecure-tenant-param --frame raw "${server_args[@]}"
+  server --insecure-tenant-param --frame "${frame:-raw}" "${server_args[@]}"
   "$bin/loadgen" --ws "ws://127.0.0.1:$port/ws" --server-pid "$server_pid" \
     --metrics-addr "127.0.0.1:$port" "$@" "${extra[@]}"
 }
@@ -110,6 +113,7 @@ case "$scenario" in
     cp "$guests/built/passthrough.wasm" "$guests/_default.wasm"
     server_args=(--guests "$guests")
     ws --clients 10000 --tenants 1 --rate 100 --seconds 10 --source-addrs 8 ;;
+  moderate)       frame=pgws ws --clients 1000 --tenants 2 --rate 300 --batch 10 --seconds 6 ;;
   latency-small)  ws --clients 100 --tenants 1 --rate 1000 --seconds 10 ;;
   latency-mid)    ws --clients 1000 --tenants 1 --rate 100 --seconds 10 ;;
   latency-large)  ws --clients 10000 --tenants 1 --rate 10 --seconds 10 --source-addrs 8 ;;

@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 
 use crate::auth::Identity;
 use crate::config::FailurePolicy;
-use crate::deliver::{self, Deliverer, Notify, Outcome, TenantStream};
+use crate::deliver::{self, Batch, Deliverer, Notify, Outcome, TenantStream};
 use crate::envelope::{JsonBody, TenantId, Topic};
 use crate::guest::{
     Authorization, ClientMessageRef, ClientVerdict, ConnectionRef, GuestRegistry, Lookup,
@@ -172,9 +172,10 @@ impl Workers {
     }
 
     /// Hands one notification to its tenant. Never waits: a tenant without a guest (and with nothing
-    /// queued) is delivered here and now; otherwise the job joins the tenant's lane, or is dropped
-    /// if that lane is full.
-    pub fn dispatch(&self, n: Notify) {
+    /// queued) is delivered here and now, into `batch` (the caller fans it out with
+    /// [`Workers::publish`]); otherwise the job joins the tenant's lane, or is dropped if that lane
+    /// is full.
+    pub fn dispatch(&self, n: Notify, batch: &mut Batch) {
         if matches!(self.inner.registry.lookup(&n.tenant), Lookup::None) {
             loop {
                 let lane = self.inner.lane(&n.tenant);
@@ -190,11 +191,21 @@ impl Workers {
                     state.idle_since = Instant::now();
                 }
                 let outcome = Outcome::Deliver(vec![n.original()]);
-                self.inner.deliverer.finish(&lane.stream, &n, outcome);
+                self.inner
+                    .deliverer
+                    .finish(&lane.stream, &n, outcome, batch);
                 return;
             }
         }
+        // This tenant's earlier messages may wait in `batch`: they go out before its lane can
+        // deliver this one.
+        self.publish(batch);
         self.inner.enqueue(&n.tenant.clone(), Job::Notify(n));
+    }
+
+    /// Fans out what [`Workers::dispatch`] delivered inline.
+    pub fn publish(&self, batch: &mut Batch) {
+        self.inner.deliverer.publish(batch);
     }
 
     /// Runs a client's message through its tenant's guest (if it has a client-message hook).
@@ -354,7 +365,7 @@ impl Inner {
     }
 
     /// Runs one job of `lane`'s tenant.
-    async fn run(&self, lane: &Lane, runner: &mut Runner, job: Job) {
+    async fn run(&self, lane: &Lane, runner: &mut Runner, job: Job, batch: &mut Batch) {
         let tenant = &lane.tenant;
         let lookup = self.registry.lookup(tenant);
         match job {
@@ -378,7 +389,7 @@ impl Inner {
                         Err(f) => self.on_failure(&n, f.kind, f.detail),
                     },
                 };
-                self.deliverer.finish(&lane.stream, &n, outcome);
+                self.deliverer.finish(&lane.stream, &n, outcome, batch);
             }
             Job::ClientMessage { topic, body, reply } => {
                 let outcome = match lookup {
@@ -466,6 +477,7 @@ async fn drain(inner: Arc<Inner>, lane: Arc<Lane>, on_slow: bool) {
         runner,
         inner,
         lane,
+        batch: Batch::default(),
     };
     loop {
         let job = draining.lane.lock().jobs.pop_front();
@@ -473,10 +485,25 @@ async fn drain(inner: Arc<Inner>, lane: Arc<Lane>, on_slow: bool) {
         let runner = draining
             .runner
             .get_or_insert_with(|| Runner::new(draining.inner.scheduling.budget_per_sec));
-        runner.throttle(&draining.lane.tenant).await;
-        draining.inner.run(&draining.lane, runner, job).await;
+        if let Some(until) = runner.throttled_until(&draining.lane.tenant) {
+            // What is gathered must not wait out the pause.
+            draining.inner.deliverer.publish(&mut draining.batch);
+            tokio::time::sleep_until(until.into()).await;
+        }
+        draining
+            .inner
+            .run(&draining.lane, runner, job, &mut draining.batch)
+            .await;
         let slow = runner.slow;
-        draining.lane.lock().slow = slow;
+        let more = {
+            let mut state = draining.lane.lock();
+            state.slow = slow;
+            !state.jobs.is_empty()
+        };
+        // Messages that arrived together leave together, one write per subscriber.
+        if !more || draining.batch.is_full() {
+            draining.inner.deliverer.publish(&mut draining.batch);
+        }
         if slow != on_slow {
             // `Draining` hands the rest of the queue to a task on the right threads.
             break;
@@ -490,10 +517,13 @@ struct Draining {
     inner: Arc<Inner>,
     lane: Arc<Lane>,
     runner: Option<Runner>,
+    /// Deliveries not yet fanned out; they leave before the lane is given back.
+    batch: Batch,
 }
 
 impl Drop for Draining {
     fn drop(&mut self) {
+        self.inner.deliverer.publish(&mut self.batch);
         let mut state = self.lane.lock();
         state.runner = self.runner.take();
         state.idle_since = Instant::now();
@@ -543,7 +573,7 @@ async fn cool_down(inner: std::sync::Weak<Inner>) {
                 quiet.push(lane.clone());
             }
         }
-        quiet.retain(|lane| inner.deliverer.hub.sessions(&lane.tenant) == 0);
+        quiet.retain(|lane| inner.deliverer.hub.subscribers(&lane.tenant) == 0);
         if quiet.is_empty() {
             continue;
         }

@@ -56,13 +56,12 @@ impl Runner {
         }
     }
 
-    /// Waits out the rest of the second if the tenant used its guest-time budget.
-    pub(super) async fn throttle(&mut self, tenant: &TenantId) {
-        if let Some(until) = self.budget.exhausted_until(Instant::now()) {
-            metrics::counter!(m::GUEST_THROTTLED, "tenant" => tenant.to_string()).increment(1);
-            tracing::debug!(%tenant, "guest over its time budget; throttled until the next second");
-            tokio::time::sleep_until(until.into()).await;
-        }
+    /// When the tenant used its guest-time budget: until when it must wait (counted and logged).
+    pub(super) fn throttled_until(&mut self, tenant: &TenantId) -> Option<Instant> {
+        let until = self.budget.exhausted_until(Instant::now())?;
+        metrics::counter!(m::GUEST_THROTTLED, "tenant" => tenant.to_string()).increment(1);
+        tracing::debug!(%tenant, "guest over its time budget; throttled until the next second");
+        Some(until)
     }
 
     /// A warm instance of `module` for the next call, unless the guest is isolated or cannot be
