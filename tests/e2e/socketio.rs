@@ -700,7 +700,10 @@ async fn stalled_client(
             other => anyhow::bail!("stream ended: {other:?}"),
         }
     };
-    anyhow::ensure!(next_text(&mut ws).await?.starts_with("0{"), "Engine.IO open");
+    anyhow::ensure!(
+        next_text(&mut ws).await?.starts_with("0{"),
+        "Engine.IO open"
+    );
     ws.send(Message::text(format!("40{}", json!({ "token": token }))))
         .await?;
     anyhow::ensure!(next_text(&mut ws).await?.starts_with("40{"), "connected");
@@ -747,7 +750,10 @@ async fn a_stalled_client_is_disconnected_and_the_others_get_everything() -> any
     server
         .wait_metric("pgws_socketio_too_slow_total", &[], 1.0, PATIENCE)
         .await?;
-    assert_eq!(server.metric("pgws_socketio_too_slow_total", &[]).await?, 1.0);
+    assert_eq!(
+        server.metric("pgws_socketio_too_slow_total", &[]).await?,
+        1.0
+    );
     // Reading again, the stalled client finds its stream ended rather than events for ever.
     let ended = tokio::time::timeout(PATIENCE, async {
         while let Some(Ok(_)) = stalled.next().await {}
