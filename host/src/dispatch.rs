@@ -13,7 +13,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::channels::{self, Channels};
-use crate::deliver::{Batch, Notify, MAX_BATCH};
+use crate::deliver::{Batch, Notify};
 use crate::envelope::Envelope;
 use crate::hub::{Audience, Hub};
 use crate::listener::ListenerEvent;
@@ -22,15 +22,14 @@ use crate::workers::Workers;
 
 /// Feeds listener events to the workers until `events` closes.
 pub async fn run(
-    mut events: mpsc::Receiver<ListenerEvent>,
+    mut events: mpsc::Receiver<Vec<ListenerEvent>>,
     workers: Workers,
     hub: Arc<Hub>,
     channels: Arc<Channels>,
 ) {
-    let mut taken = Vec::with_capacity(MAX_BATCH);
     let mut batch = Batch::default();
-    while events.recv_many(&mut taken, MAX_BATCH).await > 0 {
-        for event in taken.drain(..) {
+    while let Some(events) = events.recv().await {
+        for event in events {
             match event {
                 ListenerEvent::Notification { channel, payload } => {
                     notification(&workers, &channels, channel, &payload, &mut batch)

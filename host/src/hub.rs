@@ -1,29 +1,33 @@
 //! Fan-out: from a batch of deliveries to every subscriber of their tenants that wants them.
 //!
-//! Owns the tenant → subscribers map. There are two kinds of subscriber: a `/ws` session (its
-//! [`Outbox`], frame format and topic filter) and a socket.io socket (by channel). Each message is
-//! encoded once per frame format; each `/ws` subscriber gets all of its frames of a batch in one
-//! vectored write straight into its socket, with no task woken unless its socket is full. A session
-//! that stays too slow is ended (1013), a socket.io socket that stops reading is disconnected; both
-//! are counted. Tenants are locked one at a time and never while another tenant's sockets are
-//! written. It does not own sockets' reading side (`session`, `socketio`) or decide routing (the
+//! Owns the tenant → subscribers map, split into shards that fan out in parallel. There are two
+//! kinds of subscriber: a `/ws` session (its [`Outbox`], frame format and topic filter) and a
+//! socket.io socket (by channel). Each message is encoded once per frame format and shard; each
+//! `/ws` subscriber gets all of its frames of a batch in one vectored write straight into its
+//! socket, with no task woken unless its socket is full. The publishing thread fans out to the
+//! first shard itself; each other shard has a task on the server's runtime. A session that stays
+//! too slow is ended (1013), a socket.io socket that stops reading is disconnected; both are
+//! counted. It does not own sockets' reading side (`session`, `socketio`) or decide routing (the
 //! guest, via `workers` and `deliver`).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use bytes::Bytes;
-use serde_json::Value;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
-use socketioxide::{SendError, SocketError};
+use tokio::sync::mpsc;
 
 use crate::admission::Ticket;
 use crate::envelope::{JsonBody, TenantId, Topic, TopicPattern};
-use crate::frame::{self, FrameFormat};
+use crate::frame::FrameFormat;
 use crate::metrics as m;
-use crate::outbox::{Outbox, Sent};
+use crate::outbox::Outbox;
+
+mod shard;
+
+use shard::{Shard, Socket};
 
 /// Who a delivery is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +82,7 @@ pub struct Registration {
     pub tenant: TenantId,
     /// The session's socket and send queue, shared with the hub.
     pub outbox: Arc<Outbox>,
+    shard: usize,
     hub: Arc<Hub>,
     /// The session's place among the server's connections, held until the session ends.
     _ticket: Ticket,
@@ -86,29 +91,20 @@ pub struct Registration {
 impl Registration {
     /// Changes which topics this session takes.
     pub fn set_filter(&self, filter: TopicFilter) {
-        let Some(tenant) = self.hub.tenant(&self.tenant) else {
-            return;
-        };
-        let mut members = lock(&tenant);
-        if let Some(s) = members.sessions.iter_mut().find(|s| s.id == self.id) {
-            s.filter = filter;
-        }
+        self.hub.shards[self.shard].with(&self.tenant, |members| {
+            if let Some(s) = members.sessions.iter_mut().find(|s| s.id == self.id) {
+                s.filter = filter;
+            }
+        });
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.hub.remove(&self.tenant, |members| {
+        self.hub.shards[self.shard].remove(&self.tenant, |members| {
             members.sessions.retain(|s| s.id != self.id);
         });
     }
-}
-
-struct Session {
-    id: SessionId,
-    format: FrameFormat,
-    filter: TopicFilter,
-    outbox: Arc<Outbox>,
 }
 
 /// Holds a socket.io socket's events on one channel while it lives (see [`Hub::hold`]).
@@ -125,51 +121,55 @@ impl Drop for Hold {
     }
 }
 
-/// A socket.io socket subscribed to one channel.
-struct Socket {
-    socket: SocketRef,
-    /// While the socket waits for the answer to its own `test_pub` on this channel, its events here
-    /// wait too, so the answer comes first (socketio_pg's order).
-    holds: u32,
-    held: Vec<Value>,
-}
+/// Batches waiting for one shard's task. Bounded: a shard that falls this far behind (the machine
+/// is out of CPU) drops batches for its subscribers, counted, rather than grow without limit.
+const SHARD_QUEUE: usize = 4096;
 
-#[derive(Default)]
-struct Members {
-    sessions: Vec<Session>,
-    /// By channel.
-    sockets: HashMap<Arc<str>, Vec<Socket>>,
-}
-
-impl Members {
-    fn is_empty(&self) -> bool {
-        self.sessions.is_empty() && self.sockets.is_empty()
-    }
-}
-
-type Tenant = Arc<Mutex<Members>>;
-
-fn lock(tenant: &Tenant) -> MutexGuard<'_, Members> {
-    tenant.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The live subscribers, by tenant.
+/// The live subscribers, by shard and tenant.
 pub struct Hub {
-    /// Written only when a tenant gets its first subscriber or loses its last; each tenant's
-    /// members have their own lock, so fan-out to one tenant never waits on another.
-    tenants: RwLock<HashMap<TenantId, Tenant>>,
+    shards: Box<[Arc<Shard>]>,
+    /// The tasks of shards 1 and up (shard 0 is fanned out by the publishing thread).
+    feeds: Box<[mpsc::Sender<Arc<[Delivery]>>]>,
     next_id: AtomicU64,
+    /// Round robin over the shards for new sessions.
+    next_shard: AtomicUsize,
     /// Frames one session may have waiting for its socket.
     queue_len: usize,
 }
 
 impl Hub {
+    /// A hub with one shard, fanned out by whoever publishes (tests, benchmarks).
     pub fn new(queue_len: usize) -> Self {
         Hub {
-            tenants: RwLock::default(),
+            shards: Box::new([Arc::default()]),
+            feeds: Box::new([]),
             next_id: AtomicU64::new(1),
+            next_shard: AtomicUsize::new(0),
             queue_len: queue_len.max(1),
         }
+    }
+
+    /// A hub with `shards` shards; every shard past the first gets a task on the current runtime.
+    pub fn start(queue_len: usize, shards: usize) -> Self {
+        let mut hub = Hub::new(queue_len);
+        let shards: Vec<Arc<Shard>> = (0..shards.max(1)).map(|_| Arc::default()).collect();
+        let feeds = shards[1..]
+            .iter()
+            .map(|shard| {
+                let (tx, mut rx) = mpsc::channel::<Arc<[Delivery]>>(SHARD_QUEUE);
+                let shard = shard.clone();
+                let queue_len = hub.queue_len;
+                tokio::spawn(async move {
+                    while let Some(batch) = rx.recv().await {
+                        shard.publish(&batch, queue_len);
+                    }
+                });
+                tx
+            })
+            .collect();
+        hub.shards = shards.into();
+        hub.feeds = feeds;
+        hub
     }
 
     /// Registers a `/ws` session that holds a place among the server's connections. Its outbox
@@ -182,26 +182,35 @@ impl Hub {
         filter: TopicFilter,
     ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let shard = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
         let outbox = Arc::new(Outbox::new(self.queue_len));
-        let session = Session {
+        let session = shard::Session {
             id,
             format,
             filter,
             outbox: outbox.clone(),
         };
-        self.add(tenant, |members| members.sessions.push(session));
+        self.shards[shard].add(tenant, |members| members.sessions.push(session));
         Registration {
             id,
             tenant: tenant.clone(),
             outbox,
+            shard,
             hub: self.clone(),
             _ticket: ticket,
         }
     }
 
+    /// The shard a socket.io socket lives in.
+    fn socket_shard(&self, sid: Sid) -> &Shard {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        sid.hash(&mut h);
+        &self.shards[h.finish() as usize % self.shards.len()]
+    }
+
     /// Adds a socket.io socket to `channel`'s subscribers of `tenant`.
     pub fn join(&self, tenant: &TenantId, channel: &str, socket: &SocketRef) {
-        self.add(tenant, |members| {
+        self.socket_shard(socket.id).add(tenant, |members| {
             let sockets = members.sockets.entry(Arc::from(channel)).or_default();
             if !sockets.iter().any(|s| s.socket.id == socket.id) {
                 sockets.push(Socket {
@@ -215,7 +224,7 @@ impl Hub {
 
     /// Takes a socket.io socket off `channel`'s subscribers of `tenant`.
     pub fn leave(&self, tenant: &TenantId, channel: &str, sid: Sid) {
-        self.remove(tenant, |members| {
+        self.socket_shard(sid).remove(tenant, |members| {
             if let Some(sockets) = members.sockets.get_mut(channel) {
                 sockets.retain(|s| s.socket.id != sid);
                 if sockets.is_empty() {
@@ -228,11 +237,11 @@ impl Hub {
     /// Holds the socket's events on `channel` until the returned [`Hold`] is dropped: the answer to
     /// its request goes first.
     pub fn hold(self: &Arc<Self>, tenant: &TenantId, channel: &str, sid: Sid) -> Hold {
-        if let Some(t) = self.tenant(tenant) {
-            if let Some(s) = socket_mut(&mut lock(&t), channel, sid) {
+        self.socket_shard(sid).with(tenant, |members| {
+            if let Some(s) = members.socket_mut(channel, sid) {
                 s.holds += 1;
             }
-        }
+        });
         Hold {
             hub: self.clone(),
             tenant: tenant.clone(),
@@ -244,140 +253,45 @@ impl Hub {
     /// Ends a hold; the events that waited go out now, in order, before any later one (the tenant
     /// stays locked meanwhile; emitting only queues).
     fn release(&self, tenant: &TenantId, channel: &str, sid: Sid) {
-        let Some(t) = self.tenant(tenant) else { return };
-        let mut members = lock(&t);
-        let Some(s) = socket_mut(&mut members, channel, sid) else {
-            return;
-        };
-        s.holds = s.holds.saturating_sub(1);
-        if s.holds == 0 {
-            for data in std::mem::take(&mut s.held) {
-                if emit(&s.socket, &data).is_err() {
-                    break;
+        self.socket_shard(sid).with(tenant, |members| {
+            let Some(s) = members.socket_mut(channel, sid) else {
+                return;
+            };
+            s.holds = s.holds.saturating_sub(1);
+            if s.holds == 0 {
+                for data in std::mem::take(&mut s.held) {
+                    if shard::emit(&s.socket, &data).is_err() {
+                        break;
+                    }
                 }
             }
-        }
+        });
     }
 
     /// Number of subscribers `tenant` has (sessions and socket.io subscriptions).
     pub fn subscribers(&self, tenant: &TenantId) -> usize {
-        self.tenant(tenant).map_or(0, |t| {
-            let members = lock(&t);
-            members.sessions.len() + members.sockets.values().map(Vec::len).sum::<usize>()
-        })
+        self.shards
+            .iter()
+            .filter_map(|s| s.with(tenant, |members| members.subscribers()))
+            .sum()
     }
 
-    /// Fans `deliveries` out, tenant by tenant, in order. Never waits on a client.
+    /// Fans `deliveries` out, tenant by tenant, in order: the other shards' tasks get the batch,
+    /// and this thread does the first shard. Never waits on a client.
     pub fn publish(&self, deliveries: &[Delivery]) {
-        for run in deliveries.chunk_by(|a, b| a.tenant == b.tenant) {
-            if let Some(tenant) = self.tenant(&run[0].tenant) {
-                self.publish_tenant(&run[0].tenant, &tenant, run);
-            }
-        }
-    }
-
-    fn publish_tenant(&self, name: &TenantId, tenant: &Tenant, run: &[Delivery]) {
-        let mut too_slow: Vec<SessionId> = Vec::new();
-        let mut stalled: Vec<SocketRef> = Vec::new();
-        let mut delivered = 0u64;
-        let mut emitted = 0u64;
-        {
-            let mut members = lock(tenant);
-            if !members.sessions.is_empty() {
-                // Encoded once per message and format, on first need.
-                let mut encoded: Vec<[Option<Bytes>; 3]> = vec![Default::default(); run.len()];
-                let mut frames: Vec<Bytes> = Vec::with_capacity(run.len());
-                for session in &members.sessions {
-                    frames.clear();
-                    for (d, slots) in run.iter().zip(encoded.iter_mut()) {
-                        if d.audience == Audience::Sessions
-                            && session.filter.accepts(d.topic.as_ref())
-                        {
-                            let slot = &mut slots[session.format as usize];
-                            frames.push(
-                                slot.get_or_insert_with(|| {
-                                    frame::encode(
-                                        session.format,
-                                        &d.channel,
-                                        d.topic.as_ref(),
-                                        d.seq,
-                                        &d.body,
-                                    )
-                                })
-                                .clone(),
-                            );
-                        }
-                    }
-                    if frames.is_empty() {
-                        continue;
-                    }
-                    match session.outbox.send(&frames) {
-                        Sent::Written | Sent::Queued => delivered += frames.len() as u64,
-                        Sent::Overflow => too_slow.push(session.id),
-                        Sent::Closed => {}
-                    }
+        if !self.feeds.is_empty() {
+            let batch: Arc<[Delivery]> = deliveries.into();
+            for feed in self.feeds.iter() {
+                if feed.try_send(batch.clone()).is_err() {
+                    metrics::counter!(m::FANOUT_DROPPED).increment(batch.len() as u64);
+                    tracing::error!(
+                        messages = batch.len(),
+                        "a fan-out shard is {SHARD_QUEUE} batches behind; its subscribers miss these"
+                    );
                 }
             }
-            if !members.sockets.is_empty() {
-                for d in run.iter().filter(|d| d.audience == Audience::SocketIo) {
-                    let Some(sockets) = members.sockets.get_mut(&*d.channel) else {
-                        continue;
-                    };
-                    let data = socketio_event(&d.channel, &d.body);
-                    for s in sockets.iter_mut() {
-                        if stalled.iter().any(|x| x.id == s.socket.id) {
-                            continue;
-                        }
-                        if s.holds > 0 {
-                            if s.held.len() < self.queue_len {
-                                s.held.push(data.clone());
-                            }
-                            continue;
-                        }
-                        match emit(&s.socket, &data) {
-                            Ok(()) => emitted += 1,
-                            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
-                                stalled.push(s.socket.clone())
-                            }
-                            // Closed: on its way out, its disconnect handler takes it off.
-                            Err(_) => {}
-                        }
-                    }
-                }
-            }
-            if !stalled.is_empty() {
-                for sockets in members.sockets.values_mut() {
-                    sockets.retain(|s| !stalled.iter().any(|x| x.id == s.socket.id));
-                }
-                members.sockets.retain(|_, sockets| !sockets.is_empty());
-            }
         }
-        metrics::counter!(m::DELIVERIES).increment(delivered);
-        metrics::counter!(m::SOCKETIO_EVENTS).increment(emitted);
-        if !too_slow.is_empty() {
-            self.remove(name, |members| {
-                members.sessions.retain(|s| !too_slow.contains(&s.id));
-            });
-            metrics::counter!(m::QUEUE_OVERFLOWS).increment(too_slow.len() as u64);
-            tracing::warn!(
-                tenant = %name,
-                sessions = too_slow.len(),
-                "closing sessions whose queue is full (client too slow)"
-            );
-        }
-        if !stalled.is_empty() {
-            metrics::counter!(m::SOCKETIO_TOO_SLOW).increment(stalled.len() as u64);
-            tracing::warn!(
-                tenant = %name,
-                sockets = stalled.len(),
-                "disconnecting socket.io clients whose send buffer is full (client too slow)"
-            );
-            for socket in stalled {
-                // The buffer is full, so no disconnect packet fits: the (patched) socketioxide
-                // closes the transport instead, and the disconnect handler releases the channels.
-                let _ = socket.disconnect();
-            }
-        }
+        self.shards[0].publish(deliveries, self.queue_len);
     }
 
     /// The listener lost and regained Postgres: NOTIFYs in between are gone. `pgws.v1` sessions get
@@ -386,12 +300,11 @@ impl Hub {
         let notice = crate::wire::text(
             r#"{"type":"gap","reason":"the server lost its Postgres connection; notifications sent meanwhile were not received"}"#,
         );
-        let tenants: Vec<Tenant> = self.read().values().cloned().collect();
         let (mut sessions, mut told) = (0, 0);
-        for tenant in tenants {
-            let members = lock(&tenant);
+        for tenant in self.shards.iter().flat_map(|s| s.tenants()) {
+            let members = shard::members(&tenant);
             sessions += members.sessions.len();
-            told += tell_envelope_sessions(&members, &notice);
+            told += shard::tell_envelope_sessions(&members, &notice);
         }
         tracing::warn!(
             sessions,
@@ -405,82 +318,12 @@ impl Hub {
     pub fn tenant_gap(&self, tenant: &TenantId, reason: &str) {
         let notice =
             crate::wire::text(&serde_json::json!({ "type": "gap", "reason": reason }).to_string());
-        if let Some(t) = self.tenant(tenant) {
-            tell_envelope_sessions(&lock(&t), &notice);
+        for s in self.shards.iter() {
+            s.with(tenant, |members| {
+                shard::tell_envelope_sessions(members, &notice)
+            });
         }
     }
-
-    fn tenant(&self, tenant: &TenantId) -> Option<Tenant> {
-        self.read().get(tenant).cloned()
-    }
-
-    /// Changes `tenant`'s members, creating its entry if needed.
-    fn add(&self, tenant: &TenantId, change: impl FnOnce(&mut Members)) {
-        // Changed under the map's read lock, so `remove` (which needs the write lock to drop an
-        // empty tenant) cannot drop the entry between the lookup and the change.
-        {
-            let tenants = self.read();
-            if let Some(t) = tenants.get(tenant) {
-                change(&mut lock(t));
-                return;
-            }
-        }
-        let mut tenants = self.write();
-        let t = tenants.entry(tenant.clone()).or_default();
-        change(&mut lock(t));
-    }
-
-    /// Changes `tenant`'s members and drops the tenant's entry once it has none.
-    fn remove(&self, tenant: &TenantId, change: impl FnOnce(&mut Members)) {
-        let empty = {
-            let tenants = self.read();
-            let Some(t) = tenants.get(tenant) else { return };
-            let mut members = lock(t);
-            change(&mut members);
-            members.is_empty()
-        };
-        if empty {
-            let mut tenants = self.write();
-            if tenants.get(tenant).is_some_and(|t| lock(t).is_empty()) {
-                tenants.remove(tenant);
-            }
-        }
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<TenantId, Tenant>> {
-        self.tenants.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<TenantId, Tenant>> {
-        self.tenants.write().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-fn socket_mut<'a>(members: &'a mut Members, channel: &str, sid: Sid) -> Option<&'a mut Socket> {
-    members
-        .sockets
-        .get_mut(channel)?
-        .iter_mut()
-        .find(|s| s.socket.id == sid)
-}
-
-fn tell_envelope_sessions(members: &Members, notice: &Bytes) -> usize {
-    members
-        .sessions
-        .iter()
-        .filter(|s| s.format == FrameFormat::Envelope)
-        .filter(|s| s.outbox.send(std::slice::from_ref(notice)) != Sent::Closed)
-        .count()
-}
-
-/// socketio_pg's `event {channel, payload}`: the payload as JSON.
-fn socketio_event(channel: &str, body: &JsonBody) -> Value {
-    let payload = serde_json::from_str::<Value>(body.as_str()).unwrap_or(Value::Null);
-    serde_json::json!({ "channel": channel, "payload": payload })
-}
-
-fn emit(socket: &SocketRef, data: &Value) -> Result<(), SendError> {
-    socket.emit("event", data)
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@
 //! and, at run time, on the channels socket.io clients subscribe to: `channels` keeps the reference
 //! counts and queues [`ListenCommand`]s, which this module applies on the same connection in queue
 //! order while notifications keep flowing (the connection is drained by its own task). After a
-//! reconnect every wanted channel is LISTENed again. Notifications leave as [`ListenerEvent`]s on a
-//! bounded channel in the order Postgres delivered them; a reconnect emits [`ListenerEvent::Gap`],
+//! reconnect every wanted channel is LISTENed again. Notifications leave as batches of
+//! [`ListenerEvent`]s (everything one read from Postgres brought, such as a transaction's NOTIFYs) on
+//! a bounded channel, in the order Postgres delivered them; a reconnect emits [`ListenerEvent::Gap`],
 //! because NOTIFYs sent while no one listened are gone by Postgres' design. It does not parse payloads
 //! (that is `envelope`) and never waits on a WebSocket client: its only consumer is the dispatcher.
 
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{poll_fn, StreamExt};
+use futures_util::FutureExt as _;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
@@ -82,7 +84,7 @@ enum ConnectionLost {
 /// long of its return, and an attempt against a server that is down costs next to nothing.
 pub async fn run(
     config: ListenerConfig,
-    events: mpsc::Sender<ListenerEvent>,
+    events: mpsc::Sender<Vec<ListenerEvent>>,
     readiness: Readiness,
     channels: Arc<Channels>,
     mut commands: mpsc::UnboundedReceiver<ListenCommand>,
@@ -178,7 +180,7 @@ fn answer_offline(command: ListenCommand) {
 
 async fn listen_once(
     config: &ListenerConfig,
-    events: &mpsc::Sender<ListenerEvent>,
+    events: &mpsc::Sender<Vec<ListenerEvent>>,
     readiness: &Readiness,
     channels: &Channels,
     commands: &mut mpsc::UnboundedReceiver<ListenCommand>,
@@ -208,23 +210,39 @@ async fn listen_once(
     let drain = tokio::spawn(async move {
         let mut messages = poll_fn(move |cx| connection.poll_message(cx));
         let ended = loop {
-            match messages.next().await {
-                Some(Ok(AsyncMessage::Notification(n))) => {
-                    metrics::counter!(m::NOTIFICATIONS_RECEIVED).increment(1);
-                    let event = ListenerEvent::Notification {
-                        channel: drain_names.get(n.channel()),
-                        payload: n.payload().to_owned(),
-                    };
-                    if drain_events.send(event).await.is_err() {
-                        break None;
+            // Everything already received leaves as one batch, so a transaction's NOTIFYs reach
+            // each subscriber in one write.
+            let mut batch = Vec::new();
+            let mut next = messages.next().await;
+            let lost = loop {
+                match next {
+                    Some(Ok(AsyncMessage::Notification(n))) => {
+                        metrics::counter!(m::NOTIFICATIONS_RECEIVED).increment(1);
+                        batch.push(ListenerEvent::Notification {
+                            channel: drain_names.get(n.channel()),
+                            payload: n.payload().to_owned(),
+                        });
                     }
+                    Some(Ok(AsyncMessage::Notice(notice))) => {
+                        tracing::debug!(notice = %notice, "postgres notice on the LISTEN connection");
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break Some(ConnectionLost::Closed(e)),
+                    None => break Some(ConnectionLost::Eof),
                 }
-                Some(Ok(AsyncMessage::Notice(notice))) => {
-                    tracing::debug!(notice = %notice, "postgres notice on the LISTEN connection");
+                if batch.len() >= MAX_EVENT_BATCH {
+                    break None;
                 }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => break Some(ConnectionLost::Closed(e)),
-                None => break Some(ConnectionLost::Eof),
+                match messages.next().now_or_never() {
+                    Some(more) => next = more,
+                    None => break None,
+                }
+            };
+            if !batch.is_empty() && drain_events.send(batch).await.is_err() {
+                break None;
+            }
+            if lost.is_some() {
+                break lost;
             }
         };
         let _ = lost_tx.send(ended);
@@ -249,7 +267,7 @@ async fn listen_once(
     }
     readiness.set(true);
     tracing::info!(channels = ?config.channels, subscribed = listening.len(), "listening");
-    if connected_before && events.send(ListenerEvent::Gap).await.is_err() {
+    if connected_before && events.send(vec![ListenerEvent::Gap]).await.is_err() {
         return Outcome::DownstreamGone;
     }
 
@@ -359,6 +377,9 @@ struct ChannelNames(HashMap<String, Arc<str>>);
 /// Past this many interned names (clients can subscribe to many channels over time) the table starts
 /// over rather than growing without bound.
 const MAX_INTERNED: usize = 4096;
+
+/// Most events in one batch to the dispatcher.
+pub const MAX_EVENT_BATCH: usize = 256;
 
 /// How often a long outage is logged again while the listener keeps retrying.
 const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(30);

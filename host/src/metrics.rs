@@ -32,6 +32,7 @@ pub const SOCKETIO_DISCONNECTIONS: &str = "pgws_socketio_disconnections_total";
 pub const SOCKETIO_EVENTS: &str = "pgws_socketio_events_total";
 pub const SOCKETIO_SEND_FAILURES: &str = "pgws_socketio_send_failures_total";
 pub const SOCKETIO_TOO_SLOW: &str = "pgws_socketio_too_slow_total";
+pub const FANOUT_DROPPED: &str = "pgws_fanout_dropped_total";
 pub const SOCKETIO_ERRORS: &str = "pgws_socketio_errors_total";
 pub const LIMIT_REFUSALS: &str = "pgws_limit_refusals_total";
 pub const SOCKETIO_HANDSHAKES_REFUSED: &str = "pgws_socketio_handshakes_refused_total";
@@ -132,6 +133,10 @@ fn describe() {
     describe_counter!(
         SOCKETIO_SEND_FAILURES,
         "socket.io answers (subscribed, published, error, ...) a socket could not take, by event"
+    );
+    describe_counter!(
+        FANOUT_DROPPED,
+        "Messages a fan-out shard dropped because it was too far behind (the server is out of CPU)"
     );
     describe_counter!(
         SOCKETIO_TOO_SLOW,

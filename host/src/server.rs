@@ -40,8 +40,9 @@ use crate::socketio::{self, SocketIoContext};
 use crate::upgrade::Upgrades;
 use crate::workers::{FailureRules, Scheduling, Workers};
 
-/// Events buffered between the LISTEN connection and the dispatcher.
-const LISTENER_QUEUE: usize = 65_536;
+/// Event batches buffered between the LISTEN connection and the dispatcher (at most
+/// `listener::MAX_EVENT_BATCH` events each, so at most 65,536 events).
+const LISTENER_QUEUE: usize = 256;
 /// Pending connections the kernel may hold; tokio's default of 1024 drops SYNs in connect bursts.
 const ACCEPT_BACKLOG: u32 = 8192;
 
@@ -121,7 +122,9 @@ pub async fn run(
             .with_context(|| format!("watching guest directory {}", dir.display()))?;
     }
 
-    let hub = Arc::new(Hub::new(config.session_queue));
+    // A fan-out shard per CPU: the publishing thread does one, a task each of the others.
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let hub = Arc::new(Hub::start(config.session_queue, cpus));
     let admission = Arc::new(Admission::new(ConnectionLimits {
         total: config.max_connections,
         per_tenant: config.max_connections_per_tenant,

@@ -11,11 +11,14 @@
 //! client is (`upgrade`, `auth`) or what it is sent (`hub` writes deliveries into the outbox).
 
 use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::time::Instant;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
@@ -100,48 +103,60 @@ pub struct Session {
 }
 
 impl Session {
-    /// Serves the connection (attached to the registration's outbox) until it ends; `early` is what
-    /// the client sent right behind its handshake. Dropping the registration unregisters it.
-    pub async fn run(self, early: Bytes, ctx: Arc<SessionContext>, shutdown: CancellationToken) {
-        metrics::counter!(m::CONNECTIONS_OPENED).increment(1);
-        let Session {
-            registration,
-            identity,
-            protocol,
-        } = self;
-        let outbox = registration.outbox.clone();
-        match outbox.socket() {
-            Some(_) => {
-                let mut client = Client {
-                    outbox: &outbox,
-                    reader: wire::Reader::new(ctx.max_client_message),
-                    answered: true,
-                    v1: V1State {
-                        subscriptions: HashSet::new(),
-                        limit: RateLimit::new(ctx.publish_rate, ctx.publish_burst),
-                    },
-                };
-                client.reader.extend(&early);
-                if protocol == Protocol::V1 {
-                    let hello = protocol::welcome(
-                        identity.tenant.as_str(),
-                        &identity.topic_list(),
-                        identity.can_publish,
-                    );
-                    outbox.send(&[wire::text(&hello)]);
-                }
-                // Boxed: the loop holds the publish path (guest call, database round trip), and
-                // inlined it would make every idle session's task that large.
-                let ending =
-                    Box::pin(client.serve(&registration, &identity, protocol, &ctx, &shutdown))
-                        .await;
-                count(&identity, ending);
-                // Counted first: a close frame behind a full socket may take its whole timeout.
-                if ending.says_why() {
-                    client.finish().await;
-                }
+    /// Waits for the upgrade, hands the connection to the registration's outbox, and serves it
+    /// until it ends. Dropping the registration unregisters it.
+    pub async fn run(
+        self,
+        upgrade: hyper::upgrade::OnUpgrade,
+        ctx: Arc<SessionContext>,
+        shutdown: CancellationToken,
+    ) {
+        let upgraded = match upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "WebSocket upgrade did not complete");
+                return;
             }
-            None => count(&identity, Ending::ClientError),
+        };
+        // The server serves every connection as `TokioIo<TcpStream>`, so this always holds.
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            tracing::error!("upgraded connection is not a TCP stream; closing it");
+            return;
+        };
+        let outbox = &self.registration.outbox;
+        outbox.attach(parts.io.into_inner());
+        metrics::counter!(m::CONNECTIONS_OPENED).increment(1);
+        let mut client = Client {
+            outbox,
+            reader: wire::Reader::new(ctx.max_client_message),
+            answered: true,
+            v1: (self.protocol == Protocol::V1).then(|| {
+                Box::new(V1State {
+                    subscriptions: HashSet::new(),
+                    limit: RateLimit::new(ctx.publish_rate, ctx.publish_burst),
+                })
+            }),
+        };
+        // What the client sent right behind its handshake. The buffer may be the handshake's
+        // whole read buffer: none of it is kept.
+        client.reader.extend(&parts.read_buf);
+        drop(parts.read_buf);
+        let identity = &self.identity;
+        if self.protocol == Protocol::V1 {
+            let hello = protocol::welcome(
+                identity.tenant.as_str(),
+                &identity.topic_list(),
+                identity.can_publish,
+            );
+            outbox.send(&[wire::text(&hello)]);
+        }
+        let ending = client
+            .serve(&self.registration, identity, &ctx, &shutdown)
+            .await;
+        count(identity, ending);
+        // Counted first: a close frame behind a full socket may take its whole timeout.
+        if ending.says_why() {
+            client.finish().await;
         }
     }
 }
@@ -157,7 +172,8 @@ struct Client<'a> {
     reader: wire::Reader,
     /// Whether the client showed life since the last ping.
     answered: bool,
-    v1: V1State,
+    /// A `pgws.v1` session's state (boxed: most sessions are idle, many are not v1).
+    v1: Option<Box<V1State>>,
 }
 
 impl Client<'_> {
@@ -165,7 +181,6 @@ impl Client<'_> {
         &mut self,
         registration: &Registration,
         identity: &Identity,
-        protocol: Protocol,
         ctx: &SessionContext,
         shutdown: &CancellationToken,
     ) -> Ending {
@@ -176,17 +191,14 @@ impl Client<'_> {
         let mut ping =
             tokio::time::interval_at(Instant::now() + ctx.ping_interval, ctx.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let expiry = tokio::time::sleep(until(identity.expires_at));
-        tokio::pin!(expiry);
+        // Timers on the heap and only while needed, so an idle session stays small.
+        let mut expiry = identity
+            .expires_at
+            .map(|at| Box::pin(tokio::time::sleep(until(at))));
         // While frames wait for the socket: the time by which it must take some.
-        let stall = tokio::time::sleep(ctx.write_timeout);
-        tokio::pin!(stall);
-        let mut flushing = false;
+        let mut stall: Option<Pin<Box<Sleep>>> = None;
         // Bytes the client sent with its handshake may already hold whole messages.
-        if let Some(ending) = self
-            .handle_messages(registration, identity, protocol, ctx)
-            .await
-        {
+        if let Some(ending) = self.handle_messages(registration, identity, ctx).await {
             return ending;
         }
         let ending = loop {
@@ -199,25 +211,28 @@ impl Client<'_> {
                 _ = outbox.woken() => match outbox.ended() {
                     Some(Ended::TooSlow) => break Ending::TooSlow,
                     Some(Ended::Broken) => return Ending::ClientError,
-                    None if !flushing && outbox.has_pending() => {
-                        flushing = true;
-                        stall.as_mut().reset(Instant::now() + ctx.write_timeout);
+                    None if stall.is_none() && outbox.has_pending() => {
+                        stall = Some(Box::pin(tokio::time::sleep(ctx.write_timeout)));
                     }
                     None => {}
                 },
-                ready = socket.writable(), if flushing => {
+                ready = socket.writable(), if stall.is_some() => {
                     if ready.is_err() {
                         return Ending::ClientError;
                     }
                     match outbox.flush() {
-                        Ok(Flush::Empty) => flushing = false,
-                        Ok(Flush::Progress) => stall.as_mut().reset(Instant::now() + ctx.write_timeout),
+                        Ok(Flush::Empty) => stall = None,
+                        Ok(Flush::Progress) => {
+                            if let Some(s) = stall.as_mut() {
+                                s.as_mut().reset(Instant::now() + ctx.write_timeout);
+                            }
+                        }
                         Ok(Flush::Blocked) => {}
                         Err(_) => return Ending::ClientError,
                     }
                 }
-                _ = &mut stall, if flushing => return Ending::WriteTimeout,
-                _ = &mut expiry, if identity.expires_at.is_some() => {
+                _ = elapsed(&mut stall) => return Ending::WriteTimeout,
+                _ = elapsed(&mut expiry) => {
                     outbox.close(wire::close(wire::CLOSE_TOKEN_EXPIRED, "token expired"));
                     break Ending::TokenExpired;
                 }
@@ -231,7 +246,7 @@ impl Client<'_> {
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(_) => return Ending::ClientError,
                     }
-                    if let Some(ending) = self.handle_messages(registration, identity, protocol, ctx).await {
+                    if let Some(ending) = self.handle_messages(registration, identity, ctx).await {
                         break ending;
                     }
                 }
@@ -274,7 +289,6 @@ impl Client<'_> {
         &mut self,
         registration: &Registration,
         identity: &Identity,
-        protocol: Protocol,
         ctx: &SessionContext,
     ) -> Option<Ending> {
         let ending = loop {
@@ -291,8 +305,11 @@ impl Client<'_> {
             };
             self.answered = true;
             match message {
-                Incoming::Text(text) if protocol == Protocol::V1 => {
-                    let reply = self.v1.handle(&text, identity, registration, ctx).await;
+                Incoming::Text(text) if self.v1.is_some() => {
+                    let Some(v1) = self.v1.as_mut() else { continue };
+                    // Boxed: the publish path (guest call, database round trip) is a large
+                    // future, and inlined it would make every idle session's task that large.
+                    let reply = Box::pin(v1.handle(&text, identity, registration, ctx)).await;
                     self.outbox.send(&[wire::text(&reply)]);
                 }
                 Incoming::Ping(payload) => {
@@ -317,13 +334,17 @@ impl Client<'_> {
     }
 }
 
-/// Time left until `at` (or a very long time when there is none).
-fn until(at: Option<std::time::SystemTime>) -> Duration {
-    match at {
-        Some(at) => at
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-        None => Duration::from_secs(u32::MAX.into()),
+/// Time left until `at`.
+fn until(at: std::time::SystemTime) -> Duration {
+    at.duration_since(std::time::SystemTime::now())
+        .unwrap_or_default()
+}
+
+/// Resolves when the timer, if there is one, goes off; never without one.
+async fn elapsed(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -16,8 +16,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -264,24 +262,9 @@ async fn ws_handler(
         identity,
         protocol,
     };
-    let on_upgrade = hyper::upgrade::on(&mut request);
-    let (ctx, shutdown) = (app.ctx.clone(), app.shutdown.clone());
-    app.sessions.spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(e) => {
-                tracing::debug!(error = %e, "WebSocket upgrade did not complete");
-                return;
-            }
-        };
-        // The server serves every connection as `TokioIo<TcpStream>`, so this always holds.
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
-            tracing::error!("upgraded connection is not a TCP stream; closing it");
-            return;
-        };
-        session.registration.outbox.attach(parts.io.into_inner());
-        session.run(parts.read_buf, ctx, shutdown).await;
-    });
+    let upgrade = hyper::upgrade::on(&mut request);
+    app.sessions
+        .spawn(session.run(upgrade, app.ctx.clone(), app.shutdown.clone()));
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();

@@ -692,7 +692,7 @@ async fn stalled_client(
     let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
     // Engine.IO pings ("2") are answered ("3") while setting up.
-    let mut next_text = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| loop {
+    let next_text = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| loop {
         match tokio::time::timeout(PATIENCE, ws.next()).await? {
             Some(Ok(Message::Text(t))) if t.as_str() == "2" => ws.send(Message::text("3")).await?,
             Some(Ok(Message::Text(t))) => return anyhow::Ok(t.to_string()),

@@ -26,6 +26,8 @@ scenarios (targets in BENCHMARKS.md):
   isolation-base  200 clients over tenant t0 (no guest) and t1 (fast guest) x 200 NOTIFY/s
   isolation       the same, while 4 tenants' guests take 80 ms a call and 2 loop to the deadline
                   (10 messages/s each)
+  custom ARGS...  pgws (FRAME=raw|pgws) and the load generator with your arguments, e.g.
+                  scenario.sh custom --clients 10 --tenants 2 --rate 300 --batch 10 --seconds 6
 EOF
 }
 
@@ -79,7 +81,7 @@ port=${PORT:-18080}
 pgws_bin=${PGWS_BIN:-$bin/pgws}
 server() {
   # shellcheck disable=SC2086
-  PGWS_LOG=warn "$pgws_bin" --listen "127.0.0.1:$port" "$@" ${PGWS_ARGS:-} >/dev/null 2>&1 &
+  PGWS_LOG=warn "$pgws_bin" --listen "127.0.0.1:$port" "$@" ${PGWS_ARGS:-} >/dev/null 2>${PGWS_STDERR:-/dev/null} &
   pids+=($!)
   server_pid=$!
   for _ in $(seq 100); do
@@ -139,5 +141,6 @@ case "$scenario" in
     ws --clients 200 --tenants 2 --rate 200 --seconds 10 ;;
   socketio-100)   sio --clients 100 --rate 1000 --seconds 10 ;;
   socketio-500)   sio --clients 500 --rate 1000 --seconds 10 ;;
+  custom)         frame=${FRAME:-raw} ws ;;
   *) echo "unknown scenario: $scenario" >&2; usage >&2; exit 2 ;;
 esac

@@ -94,7 +94,10 @@ async fn produce(args: Args, sent: Arc<AtomicU64>) -> anyhow::Result<()> {
             tokio::spawn(conn);
             let per_producer = (args.rate as f64 / args.producers.max(1) as f64).max(0.001);
             let txn_every = Duration::from_secs_f64(args.batch as f64 / per_producer);
-            let mut tick = tokio::time::interval(txn_every);
+            // Producers take turns (each starts its share of a period later), so the asked rate
+            // arrives evenly paced rather than as bursts of every producer at once.
+            let phase = txn_every.mul_f64(p as f64 / args.producers.max(1) as f64);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, txn_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let end = Instant::now() + Duration::from_secs(args.seconds);
             let mut n = 0u64;
@@ -232,6 +235,12 @@ async fn socketio_handshake(ws: &mut Ws, channel: &str) -> anyhow::Result<()> {
     }
 }
 
+/// What one reader received.
+struct Seen {
+    count: u64,
+    latency: Histogram<u64>,
+}
+
 struct Totals {
     delivered: AtomicU64,
     latency: Mutex<Histogram<u64>>,
@@ -307,21 +316,19 @@ async fn main() -> anyhow::Result<()> {
         ),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Each reader records into its own histogram: a lock or channel shared by a thousand readers,
+    // touched per message, would measure the generator's contention instead of the server.
     let mut readers = Vec::new();
     for (i, ws) in sockets.into_iter().enumerate() {
         let tenant = i % args.tenants.max(1);
-        let totals = totals.clone();
-        let mut stop = stop_rx.clone();
-        readers.push(tokio::spawn(async move {
+        let seen = Arc::new(Mutex::new(Seen {
+            count: 0,
+            latency: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
+        }));
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
             let (mut write, mut read) = ws.split();
-            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
-            let mut count = 0u64;
-            loop {
-                let msg = tokio::select! {
-                    _ = stop.changed() => break,
-                    msg = read.next() => msg,
-                };
-                let Some(Ok(msg)) = msg else { break };
+            while let Some(Ok(msg)) = read.next().await {
                 if let Message::Text(t) = msg {
                     // Engine.IO ping: answer, or the server drops the client.
                     if t.as_str() == "2" {
@@ -330,21 +337,16 @@ async fn main() -> anyhow::Result<()> {
                         continue;
                     }
                     if let Some(ts) = sent_at(&t) {
-                        let _ = local.record(now_micros().saturating_sub(ts).max(1));
-                        count += 1;
+                        let latency = now_micros().saturating_sub(ts).max(1);
+                        if let Ok(mut seen) = record.lock() {
+                            let _ = seen.latency.record(latency);
+                            seen.count += 1;
+                        }
                     }
                 }
             }
-            totals.delivered.fetch_add(count, Ordering::Relaxed);
-            if let Ok(mut h) = totals.latency.lock() {
-                let _ = h.add(&local);
-            }
-            if let Ok(mut per) = totals.per_tenant.lock() {
-                if let Some(h) = per.get_mut(tenant) {
-                    let _ = h.add(&local);
-                }
-            }
-        }));
+        });
+        readers.push((tenant, seen, task));
     }
 
     // Watch Postgres' NOTIFY queue while producing: above 0 means the server's LISTEN connection is
@@ -420,8 +422,19 @@ async fn main() -> anyhow::Result<()> {
         _ => None,
     };
     let _ = stop_tx.send(true);
-    for r in readers {
-        let _ = r.await;
+    for (tenant, seen, task) in readers {
+        task.abort();
+        let _ = task.await;
+        let Ok(seen) = seen.lock() else { continue };
+        totals.delivered.fetch_add(seen.count, Ordering::Relaxed);
+        if let Ok(mut h) = totals.latency.lock() {
+            let _ = h.add(&seen.latency);
+        }
+        if let Ok(mut per) = totals.per_tenant.lock() {
+            if let Some(h) = per.get_mut(tenant) {
+                let _ = h.add(&seen.latency);
+            }
+        }
     }
     let _ = queue_watch.await;
     let queue_peak = queue_peak.lock().map(|p| *p).unwrap_or_default();
