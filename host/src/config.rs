@@ -234,11 +234,13 @@ pub struct Config {
     #[arg(long, env = "PGWS_WRITE_TIMEOUT_SECS", default_value_t = 30)]
     pub write_timeout_secs: u64,
 
-    /// Frames queued per client before the client counts as too slow and is closed (code 1013).
+    /// Frames that may wait for a client's full socket before the client counts as too slow and is
+    /// closed (code 1013; a socket.io client is disconnected).
     #[arg(long, env = "PGWS_SESSION_QUEUE", default_value_t = 1024)]
     pub session_queue: usize,
 
-    /// WebSocket read buffer per connection, in bytes. Small keeps idle connections cheap.
+    /// WebSocket read buffer per socket.io connection, in bytes. Small keeps idle connections cheap
+    /// (`/ws` connections hold no read buffer while idle).
     #[arg(long, env = "PGWS_WS_READ_BUFFER", default_value_t = 1024)]
     pub ws_read_buffer: usize,
 

@@ -762,3 +762,37 @@ async fn a_stalled_client_is_disconnected_and_the_others_get_everything() -> any
     assert!(ended.is_ok(), "the stalled client's connection was closed");
     Ok(())
 }
+
+/// socketio_pg's load test reads `published` and then the `event` it caused: 50 concurrent
+/// python-socketio clients, 4 `test_pub`s each on 5 shared channels, over WebSocket and over polling;
+/// every client sees its own `published` before its own `event`, every time.
+#[tokio::test(flavor = "multi_thread")]
+async fn published_comes_before_the_event_it_caused() -> anyhow::Result<()> {
+    let (server, _sql) =
+        spawn_app(&["--socketio-anonymous-tenant", "a", "--socketio-test-pub"]).await?;
+    let script = tokio::task::spawn_blocking(node_tools)
+        .await?
+        .join("order.py");
+    for transport in ["websocket", "polling"] {
+        let out = tokio::time::timeout(
+            PATIENCE * 6,
+            tokio::process::Command::new("python3")
+                .arg(&script)
+                .args([&base(&server), transport, "50", "4"])
+                .output(),
+        )
+        .await??;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+            .with_context(|| {
+                format!(
+                    "{transport}: {stdout} {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })?;
+        assert_eq!(report["failures"], json!([]), "{transport}");
+        assert_eq!(report["violations"], json!([]), "{transport}");
+        assert_eq!(report["checked"], json!(200), "{transport}");
+    }
+    Ok(())
+}
