@@ -21,6 +21,7 @@ scenarios (targets in BENCHMARKS.md):
   latency-large   10,000 subscribers x 10 NOTIFY/s
   ingest-single   single-NOTIFY commits as fast as 8 connections can (40,000/s asked), no clients
   ingest-batched  250,000 NOTIFY/s in 100-NOTIFY transactions, no clients
+  idle-socketio   5,000 idle socket.io clients (WebSocket, one subscription each): RSS per connection
   socketio-100    100 socket.io clients x 1,000 NOTIFY/s
   socketio-500    500 socket.io clients x 1,000 NOTIFY/s
   isolation-base  200 clients over tenant t0 (no guest) and t1 (fast guest) x 200 NOTIFY/s
@@ -139,6 +140,7 @@ case "$scenario" in
       pids+=($!)
     fi
     ws --clients 200 --tenants 2 --rate 200 --seconds 10 ;;
+  idle-socketio)  sio --clients 5000 --rate 0 --seconds 3 --source-addrs 4 ;;
   socketio-100)   sio --clients 100 --rate 1000 --seconds 10 ;;
   socketio-500)   sio --clients 500 --rate 1000 --seconds 10 ;;
   custom)         frame=${FRAME:-raw} ws ;;
