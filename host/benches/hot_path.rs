@@ -28,12 +28,13 @@ fn envelope(c: &mut Criterion) {
 
 fn fanout(c: &mut Criterion) {
     let body = JsonBody::parse(BODY).expect("json");
+    let id = uuid::Uuid::new_v4();
     let mut g = c.benchmark_group("frame");
     g.bench_function("encode_pgws", |b| {
-        b.iter(|| frame::encode(FrameFormat::Pgws, "pgwebsocket", None, 1, &body))
+        b.iter(|| frame::encode(FrameFormat::Pgws, "pgwebsocket", None, 1, &id, &body))
     });
     g.bench_function("encode_raw", |b| {
-        b.iter(|| frame::encode(FrameFormat::Raw, "pgwebsocket", None, 1, &body))
+        b.iter(|| frame::encode(FrameFormat::Raw, "pgwebsocket", None, 1, &id, &body))
     });
     g.finish();
 
@@ -54,7 +55,7 @@ fn fanout(c: &mut Criterion) {
     let _regs: Vec<_> = (0..1000)
         .map(|_| {
             let ticket = admission.admit(&tenant).expect("place");
-            let reg = hub.register(ticket, &tenant, FrameFormat::Pgws, TopicFilter::All);
+            let reg = hub.register(ticket, &tenant, FrameFormat::Pgws, TopicFilter::All, None);
             let (server, mut client) = rt.block_on(async {
                 let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
                 let (server, _) = listener.accept().await.expect("accept");
@@ -77,6 +78,7 @@ fn fanout(c: &mut Criterion) {
             audience: Audience::Sessions,
             topic: None,
             seq,
+            id: uuid::Uuid::new_v4(),
             channel: Arc::from("pgwebsocket"),
             body: body.clone(),
         })

@@ -167,6 +167,7 @@ impl Deliverer {
                     audience: Audience::Sessions,
                     topic,
                     seq: stream.seq.fetch_add(1, Ordering::Relaxed) + 1,
+                    id: uuid::Uuid::new_v4(),
                     channel: n.channel.clone(),
                     body,
                 },
@@ -180,6 +181,7 @@ impl Deliverer {
                         .map_or_else(|| n.channel.clone(), |t| Arc::from(t.as_str())),
                     topic,
                     seq: 0,
+                    id: uuid::Uuid::nil(),
                     body,
                 },
             };

@@ -12,7 +12,8 @@ use crate::wire;
 /// How a session wants its messages framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FrameFormat {
-    /// `{"payload":<body>,"channel":"<channel>","id":"<uuid>"}`, the frame pgws sends.
+    /// `{"payload":<body>,"channel":"<channel>","id":"<uuid>"}`, the frame pgws sends (one id per
+    /// message, the same for every recipient).
     Pgws,
     /// The JSON body alone.
     Raw,
@@ -36,6 +37,7 @@ pub fn encode(
     channel: &str,
     topic: Option<&Topic>,
     seq: u64,
+    id: &uuid::Uuid,
     body: &JsonBody,
 ) -> Bytes {
     let body = body.as_str();
@@ -70,8 +72,7 @@ pub fn encode(
             out.extend_from_slice(quoted.as_bytes());
             out.extend_from_slice(br#","id":""#);
             out.extend_from_slice(
-                uuid::Uuid::new_v4()
-                    .hyphenated()
+                id.hyphenated()
                     .encode_lower(&mut uuid::Uuid::encode_buffer())
                     .as_bytes(),
             );
@@ -102,25 +103,40 @@ mod tests {
     #[test]
     fn pgws_frame_splices_body_verbatim() {
         let body = JsonBody::parse(r#"{"z":1,"a":12345678901234567890,"h":"<&>"}"#).expect("json");
-        let frame = encode(FrameFormat::Pgws, "pg\"ws", None, 1, &body);
+        let id = uuid::Uuid::new_v4();
+        let frame = encode(FrameFormat::Pgws, "pg\"ws", None, 1, &id, &body);
         let text = payload(&frame);
         assert!(text.starts_with(
             r#"{"payload":{"z":1,"a":12345678901234567890,"h":"<&>"},"channel":"pg\"ws","id":""#
         ));
         let v: serde_json::Value = serde_json::from_str(text).expect("frame is JSON");
-        assert_eq!(v["id"].as_str().map(str::len), Some(36));
+        assert_eq!(v["id"].as_str(), Some(id.to_string().as_str()));
     }
 
     #[test]
     fn envelope_frame_carries_topic_and_seq() {
         let body = JsonBody::parse(r#"{"a":1}"#).expect("json");
         let topic = Topic::parse("eu/orders").expect("topic");
-        let frame = encode(FrameFormat::Envelope, "c", Some(&topic), 7, &body);
+        let frame = encode(
+            FrameFormat::Envelope,
+            "c",
+            Some(&topic),
+            7,
+            &uuid::Uuid::nil(),
+            &body,
+        );
         assert_eq!(
             payload(&frame),
             r#"{"topic":"eu/orders","seq":7,"data":{"a":1}}"#
         );
-        let frame = encode(FrameFormat::Envelope, "c", None, 8, &body);
+        let frame = encode(
+            FrameFormat::Envelope,
+            "c",
+            None,
+            8,
+            &uuid::Uuid::nil(),
+            &body,
+        );
         assert_eq!(payload(&frame), r#"{"topic":null,"seq":8,"data":{"a":1}}"#);
     }
 
@@ -128,7 +144,14 @@ mod tests {
     fn raw_frame_is_the_body() {
         let body = JsonBody::parse("[1, 2]").expect("json");
         assert_eq!(
-            payload(&encode(FrameFormat::Raw, "c", None, 1, &body)),
+            payload(&encode(
+                FrameFormat::Raw,
+                "c",
+                None,
+                1,
+                &uuid::Uuid::nil(),
+                &body
+            )),
             "[1, 2]"
         );
     }

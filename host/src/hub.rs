@@ -4,20 +4,20 @@
 //! kinds of subscriber: a `/ws` session (its [`Outbox`], frame format and topic filter) and a
 //! socket.io socket (by channel). Each message is encoded once per frame format and shard; each
 //! `/ws` subscriber gets all of its frames of a batch in one vectored write straight into its
-//! socket, with no task woken unless its socket is full. The publishing thread fans out to the
-//! first shard itself; each other shard has a task on the server's runtime. A session that stays
+//! socket, with no task woken unless its socket is full. Each shard has a thread of its own, fed
+//! batches and gap notices in publishing order. A session that stays
 //! too slow is ended (1013), a socket.io socket that stops reading is disconnected; both are
 //! counted. It does not own sockets' reading side (`session`, `socketio`) or decide routing (the
 //! guest, via `workers` and `deliver`).
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
-use tokio::sync::mpsc;
 
 use crate::admission::Ticket;
 use crate::envelope::{JsonBody, TenantId, Topic, TopicPattern};
@@ -47,6 +47,8 @@ pub struct Delivery {
     pub topic: Option<Topic>,
     /// Position in the tenant's stream, counted from 1 since this process started.
     pub seq: u64,
+    /// The message's id in pgws frames: one per message, the same for every recipient.
+    pub id: uuid::Uuid,
     /// The NOTIFY channel (for socket.io, the channel subscribers chose, or a route's topic).
     pub channel: Arc<str>,
     pub body: JsonBody,
@@ -85,7 +87,7 @@ pub struct Registration {
     shard: usize,
     hub: Arc<Hub>,
     /// The session's place among the server's connections, held until the session ends.
-    _ticket: Ticket,
+    ticket: Option<Ticket>,
 }
 
 impl Registration {
@@ -97,13 +99,20 @@ impl Registration {
             }
         });
     }
+
+    /// Leaves the hub and gives the place among connections back (the session is over, though
+    /// its close frame may still be on its way).
+    pub fn leave(&mut self) {
+        self.hub.shards[self.shard].remove(&self.tenant, |members| {
+            members.sessions.retain(|s| s.id != self.id);
+        });
+        self.ticket = None;
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.hub.shards[self.shard].remove(&self.tenant, |members| {
-            members.sessions.retain(|s| s.id != self.id);
-        });
+        self.leave();
     }
 }
 
@@ -121,15 +130,53 @@ impl Drop for Hold {
     }
 }
 
-/// Batches waiting for one shard's task. Bounded: a shard that falls this far behind (the machine
-/// is out of CPU) drops batches for its subscribers, counted, rather than grow without limit.
+/// What a shard's thread is asked to do, in order.
+enum Feed {
+    Batch(Arc<[Delivery]>),
+    /// A `gap` notice for the `pgws.v1` sessions of one tenant, or of every tenant.
+    Gap(Option<TenantId>, Bytes),
+}
+
+/// Work waiting for one shard's thread. Bounded: a shard this far behind (the machine is out of
+/// CPU) drops batches for its subscribers, counted, and tells its `pgws.v1` sessions of the gap.
 const SHARD_QUEUE: usize = 4096;
+
+/// A shard's thread: its queue, and whether batches were dropped since it last took one.
+struct Feeder {
+    queue: std::sync::mpsc::SyncSender<Feed>,
+    lagging: AtomicBool,
+}
+
+impl Feeder {
+    fn send(&self, feed: Feed) {
+        // After a drop, a gap notice goes in first, exactly where the dropped batches were.
+        if self.lagging.load(Ordering::Relaxed) {
+            let notice = crate::wire::text(
+                r#"{"type":"gap","reason":"the server fell behind; messages were dropped"}"#,
+            );
+            if self.queue.try_send(Feed::Gap(None, notice)).is_ok() {
+                self.lagging.store(false, Ordering::Relaxed);
+            }
+        }
+        if let Err(std::sync::mpsc::TrySendError::Full(Feed::Batch(batch))) =
+            self.queue.try_send(feed)
+        {
+            metrics::counter!(m::FANOUT_DROPPED).increment(batch.len() as u64);
+            if !self.lagging.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    "a fan-out shard is {SHARD_QUEUE} batches behind (out of CPU); its subscribers \
+                     miss messages until it catches up"
+                );
+            }
+        }
+    }
+}
 
 /// The live subscribers, by shard and tenant.
 pub struct Hub {
     shards: Box<[Arc<Shard>]>,
-    /// The tasks of shards 1 and up (shard 0 is fanned out by the publishing thread).
-    feeds: Box<[mpsc::Sender<Arc<[Delivery]>>]>,
+    /// One thread per shard; none when the publishing thread fans out itself (one shard).
+    feeders: Box<[Feeder]>,
     next_id: AtomicU64,
     /// Round robin over the shards for new sessions.
     next_shard: AtomicUsize,
@@ -142,48 +189,61 @@ impl Hub {
     pub fn new(queue_len: usize) -> Self {
         Hub {
             shards: Box::new([Arc::default()]),
-            feeds: Box::new([]),
+            feeders: Box::new([]),
             next_id: AtomicU64::new(1),
             next_shard: AtomicUsize::new(0),
             queue_len: queue_len.max(1),
         }
     }
 
-    /// A hub with `shards` shards; every shard past the first gets a task on the current runtime.
-    pub fn start(queue_len: usize, shards: usize) -> Self {
+    /// A hub with `shards` shards, each fanned out by a thread of its own (in the current tokio
+    /// runtime's context, which socket.io's disconnect handlers need). Writes are non-blocking but
+    /// many: on threads of their own they never hold up the runtime's tasks (reads, pings).
+    pub fn start(queue_len: usize, shards: usize) -> std::io::Result<Self> {
         let mut hub = Hub::new(queue_len);
+        let runtime = tokio::runtime::Handle::current();
         let shards: Vec<Arc<Shard>> = (0..shards.max(1)).map(|_| Arc::default()).collect();
-        let feeds = shards[1..]
-            .iter()
-            .map(|shard| {
-                let (tx, mut rx) = mpsc::channel::<Arc<[Delivery]>>(SHARD_QUEUE);
-                let shard = shard.clone();
-                let queue_len = hub.queue_len;
-                tokio::spawn(async move {
-                    while let Some(batch) = rx.recv().await {
-                        shard.publish(&batch, queue_len);
+        let mut feeders = Vec::with_capacity(shards.len());
+        for (i, shard) in shards.iter().enumerate() {
+            let (queue, feed) = std::sync::mpsc::sync_channel::<Feed>(SHARD_QUEUE);
+            let (shard, runtime, queue_len) = (shard.clone(), runtime.clone(), hub.queue_len);
+            std::thread::Builder::new()
+                .name(format!("pgws-fanout-{i}"))
+                .spawn(move || {
+                    let _context = runtime.enter();
+                    // Ends when the hub (every sender) is dropped.
+                    for item in feed {
+                        match item {
+                            Feed::Batch(batch) => shard.publish(&batch, queue_len),
+                            Feed::Gap(tenant, notice) => {
+                                shard.tell_envelope_sessions(tenant.as_ref(), &notice);
+                            }
+                        }
                     }
-                });
-                tx
-            })
-            .collect();
+                })?;
+            feeders.push(Feeder {
+                queue,
+                lagging: AtomicBool::new(false),
+            });
+        }
         hub.shards = shards.into();
-        hub.feeds = feeds;
-        hub
+        hub.feeders = feeders.into();
+        Ok(hub)
     }
 
     /// Registers a `/ws` session that holds a place among the server's connections. Its outbox
-    /// queues frames until the upgrade attaches the socket.
+    /// queues frames until the upgrade attaches the socket, `first` (a greeting) ahead of all.
     pub fn register(
         self: &Arc<Self>,
         ticket: Ticket,
         tenant: &TenantId,
         format: FrameFormat,
         filter: TopicFilter,
+        first: Option<Bytes>,
     ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let shard = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
-        let outbox = Arc::new(Outbox::new(self.queue_len));
+        let outbox = Arc::new(Outbox::new(self.queue_len, first));
         let session = shard::Session {
             id,
             format,
@@ -197,7 +257,7 @@ impl Hub {
             outbox,
             shard,
             hub: self.clone(),
-            _ticket: ticket,
+            ticket: Some(ticket),
         }
     }
 
@@ -251,21 +311,25 @@ impl Hub {
     }
 
     /// Ends a hold; the events that waited go out now, in order, before any later one (the tenant
-    /// stays locked meanwhile; emitting only queues).
+    /// stays locked meanwhile; emitting only queues). A socket that cannot take them is too slow.
     fn release(&self, tenant: &TenantId, channel: &str, sid: Sid) {
-        self.socket_shard(sid).with(tenant, |members| {
-            let Some(s) = members.socket_mut(channel, sid) else {
-                return;
-            };
+        let shard = self.socket_shard(sid);
+        let stalled = shard.with(tenant, |members| {
+            let s = members.socket_mut(channel, sid)?;
             s.holds = s.holds.saturating_sub(1);
-            if s.holds == 0 {
-                for data in std::mem::take(&mut s.held) {
-                    if shard::emit(&s.socket, &data).is_err() {
-                        break;
-                    }
+            if s.holds > 0 {
+                return None;
+            }
+            for data in std::mem::take(&mut s.held) {
+                if let Err(e) = shard::emit(&s.socket, &data) {
+                    return shard::is_full(&e).then(|| s.socket.clone());
                 }
             }
+            None
         });
+        if let Some(socket) = stalled.flatten() {
+            shard.drop_stalled(tenant, vec![socket]);
+        }
     }
 
     /// Number of subscribers `tenant` has (sessions and socket.io subscriptions).
@@ -276,41 +340,40 @@ impl Hub {
             .sum()
     }
 
-    /// Fans `deliveries` out, tenant by tenant, in order: the other shards' tasks get the batch,
-    /// and this thread does the first shard. Never waits on a client.
+    /// Fans `deliveries` out, tenant by tenant, in order: each shard's thread gets the batch (or,
+    /// with one shard and no threads, this thread does it). Never waits on a client.
     pub fn publish(&self, deliveries: &[Delivery]) {
-        if !self.feeds.is_empty() {
-            let batch: Arc<[Delivery]> = deliveries.into();
-            for feed in self.feeds.iter() {
-                if feed.try_send(batch.clone()).is_err() {
-                    metrics::counter!(m::FANOUT_DROPPED).increment(batch.len() as u64);
-                    tracing::error!(
-                        messages = batch.len(),
-                        "a fan-out shard is {SHARD_QUEUE} batches behind; its subscribers miss these"
-                    );
-                }
-            }
+        if self.feeders.is_empty() {
+            self.shards[0].publish(deliveries, self.queue_len);
+            return;
         }
-        self.shards[0].publish(deliveries, self.queue_len);
+        let batch: Arc<[Delivery]> = deliveries.into();
+        for feeder in self.feeders.iter() {
+            feeder.send(Feed::Batch(batch.clone()));
+        }
+    }
+
+    /// Tells `tenant`'s (or every tenant's) `pgws.v1` sessions, behind what was published before.
+    fn gap_notice(&self, tenant: Option<&TenantId>, notice: Bytes) {
+        if self.feeders.is_empty() {
+            self.shards[0].tell_envelope_sessions(tenant, &notice);
+            return;
+        }
+        for feeder in self.feeders.iter() {
+            feeder.send(Feed::Gap(tenant.cloned(), notice.clone()));
+        }
     }
 
     /// The listener lost and regained Postgres: NOTIFYs in between are gone. `pgws.v1` sessions get
     /// a `gap` notice; the pgws and raw formats have no way to say it, so it is logged for operators.
     pub fn gap(&self) {
-        let notice = crate::wire::text(
-            r#"{"type":"gap","reason":"the server lost its Postgres connection; notifications sent meanwhile were not received"}"#,
+        self.gap_notice(
+            None,
+            crate::wire::text(
+                r#"{"type":"gap","reason":"the server lost its Postgres connection; notifications sent meanwhile were not received"}"#,
+            ),
         );
-        let (mut sessions, mut told) = (0, 0);
-        for tenant in self.shards.iter().flat_map(|s| s.tenants()) {
-            let members = shard::members(&tenant);
-            sessions += members.sessions.len();
-            told += shard::tell_envelope_sessions(&members, &notice);
-        }
-        tracing::warn!(
-            sessions,
-            told,
-            "notifications sent while the listener was reconnecting were lost"
-        );
+        tracing::warn!("notifications sent while the listener was reconnecting were lost");
     }
 
     /// Some of `tenant`'s messages were dropped before reaching the hub; its `pgws.v1` sessions get
@@ -318,11 +381,7 @@ impl Hub {
     pub fn tenant_gap(&self, tenant: &TenantId, reason: &str) {
         let notice =
             crate::wire::text(&serde_json::json!({ "type": "gap", "reason": reason }).to_string());
-        for s in self.shards.iter() {
-            s.with(tenant, |members| {
-                shard::tell_envelope_sessions(members, &notice)
-            });
-        }
+        self.gap_notice(Some(tenant), notice);
     }
 }
 

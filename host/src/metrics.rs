@@ -79,7 +79,7 @@ fn describe() {
     );
     describe_counter!(
         MESSAGES_PUBLISHED,
-        "Notifications delivered after the guest (to /ws sessions or socket.io rooms), by tenant"
+        "Notifications delivered after the guest (to /ws sessions or socket.io sockets), by tenant"
     );
     describe_counter!(DELIVERIES, "Frames written or queued to /ws sessions");
     describe_gauge!(CONNECTIONS, "Open WebSocket sessions, by tenant");

@@ -76,10 +76,15 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(limit: usize) -> Self {
+    /// An outbox whose first frame, if any, is `first` (a protocol's greeting goes out before
+    /// anything the hub sends).
+    pub fn new(limit: usize, first: Option<Bytes>) -> Self {
         Outbox {
             socket: OnceLock::new(),
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                pending: first.into_iter().collect(),
+                ..State::default()
+            }),
             wake: Notify::new(),
             limit: limit.max(1),
         }
@@ -137,6 +142,7 @@ impl Outbox {
                 "client too slow: message queue full",
             ));
             state.ended = Some(Ended::TooSlow);
+            metrics::counter!(crate::metrics::QUEUE_OVERFLOWS).increment(1);
             Sent::Overflow
         } else {
             Sent::Queued
@@ -268,7 +274,7 @@ mod tests {
     #[tokio::test]
     async fn frames_before_attach_wait_and_keep_their_order() {
         let (server, mut client) = pair().await;
-        let outbox = Outbox::new(16);
+        let outbox = Outbox::new(16, None);
         assert_eq!(outbox.send(&[Bytes::from_static(b"ab")]), Sent::Queued);
         outbox.attach(server);
         // The queue is not empty, so this one queues behind instead of overtaking.
@@ -286,7 +292,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_socket_queues_then_overflows_with_a_whole_close_frame() {
         let (server, mut client) = pair().await;
-        let outbox = Outbox::new(4);
+        let outbox = Outbox::new(4, None);
         outbox.attach(server);
         let frame = crate::wire::frame(crate::wire::OP_BINARY, &[b'x'; 60_000]);
         let mut sent = Vec::new();

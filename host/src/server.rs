@@ -122,9 +122,10 @@ pub async fn run(
             .with_context(|| format!("watching guest directory {}", dir.display()))?;
     }
 
-    // A fan-out shard per CPU: the publishing thread does one, a task each of the others.
+    // A fan-out shard, and thread, per CPU.
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    let hub = Arc::new(Hub::start(config.session_queue, cpus));
+    let hub =
+        Arc::new(Hub::start(config.session_queue, cpus).context("starting the fan-out threads")?);
     let admission = Arc::new(Admission::new(ConnectionLimits {
         total: config.max_connections,
         per_tenant: config.max_connections_per_tenant,

@@ -106,7 +106,7 @@ impl Session {
     /// Waits for the upgrade, hands the connection to the registration's outbox, and serves it
     /// until it ends. Dropping the registration unregisters it.
     pub async fn run(
-        self,
+        mut self,
         upgrade: hyper::upgrade::OnUpgrade,
         ctx: Arc<SessionContext>,
         shutdown: CancellationToken,
@@ -123,11 +123,11 @@ impl Session {
             tracing::error!("upgraded connection is not a TCP stream; closing it");
             return;
         };
-        let outbox = &self.registration.outbox;
+        let outbox = self.registration.outbox.clone();
         outbox.attach(parts.io.into_inner());
         metrics::counter!(m::CONNECTIONS_OPENED).increment(1);
         let mut client = Client {
-            outbox,
+            outbox: &outbox,
             reader: wire::Reader::new(ctx.max_client_message),
             answered: true,
             v1: (self.protocol == Protocol::V1).then(|| {
@@ -142,19 +142,13 @@ impl Session {
         client.reader.extend(&parts.read_buf);
         drop(parts.read_buf);
         let identity = &self.identity;
-        if self.protocol == Protocol::V1 {
-            let hello = protocol::welcome(
-                identity.tenant.as_str(),
-                &identity.topic_list(),
-                identity.can_publish,
-            );
-            outbox.send(&[wire::text(&hello)]);
-        }
         let ending = client
             .serve(&self.registration, identity, &ctx, &shutdown)
             .await;
         count(identity, ending);
-        // Counted first: a close frame behind a full socket may take its whole timeout.
+        // Over for the hub and the connection count before the close frame has to leave: behind
+        // a full socket that may take its whole timeout.
+        self.registration.leave();
         if ending.says_why() {
             client.finish().await;
         }
@@ -263,7 +257,10 @@ impl Client<'_> {
         ending
     }
 
-    /// Lets what is queued (the close frame last) leave within [`CLOSE_TIMEOUT`].
+    /// Lets what is queued (the close frame last) leave, then ends the close handshake: the write
+    /// side is shut and the client's remaining bytes are read and dropped until it closes too, all
+    /// within [`CLOSE_TIMEOUT`]. Closing with unread bytes would reset the connection, and the
+    /// client would see no close frame at all.
     async fn finish(&self) {
         let outbox = self.outbox;
         let Some(socket) = outbox.socket() else {
@@ -272,12 +269,28 @@ impl Client<'_> {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
             loop {
                 match outbox.flush() {
-                    Ok(Flush::Empty) | Err(_) => break,
+                    Ok(Flush::Empty) => break,
+                    Err(_) => return,
                     Ok(_) => {
                         if socket.writable().await.is_err() {
-                            break;
+                            return;
                         }
                     }
+                }
+            }
+            if rustix::net::shutdown(socket, rustix::net::Shutdown::Write).is_err() {
+                return;
+            }
+            let mut discard = [0u8; 1024];
+            loop {
+                if socket.readable().await.is_err() {
+                    return;
+                }
+                match socket.try_read(&mut discard) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
                 }
             }
         })

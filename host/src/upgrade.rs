@@ -256,7 +256,17 @@ async fn ws_handler(
         .admission
         .admit(&identity.tenant)
         .map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, e.reason(), e.to_string()))?;
-    let registration = app.hub.register(ticket, &identity.tenant, format, filter);
+    // pgws.v1's welcome is the session's first frame, ahead of anything the hub sends.
+    let welcome = (protocol == Protocol::V1).then(|| {
+        crate::wire::text(&protocol::welcome(
+            identity.tenant.as_str(),
+            &identity.topic_list(),
+            identity.can_publish,
+        ))
+    });
+    let registration = app
+        .hub
+        .register(ticket, &identity.tenant, format, filter, welcome);
     let session = Session {
         registration,
         identity,

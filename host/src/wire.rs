@@ -270,10 +270,20 @@ fn control(opcode: u8, payload: Vec<u8>) -> Result<Incoming, ReadError> {
                 if std::str::from_utf8(&payload[2..]).is_err() {
                     return Err(ReadError::NotUtf8);
                 }
-                Incoming::Close(Some(u16::from_be_bytes([payload[0], payload[1]])))
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                if !sendable(code) {
+                    return Err(ReadError::Protocol("close code that may not be sent"));
+                }
+                Incoming::Close(Some(code))
             }
         },
     })
+}
+
+/// Whether an endpoint may put `code` in a close frame (RFC 6455 §7.4: the defined codes, minus
+/// 1004-1006 and 1015, and the ranges for libraries and applications).
+fn sendable(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 #[cfg(test)]
@@ -383,6 +393,14 @@ mod tests {
             &[0x03, 0xE8, b'b', b'y', b'e'],
         ));
         assert_eq!(reader.message(), Ok(Some(Incoming::Close(Some(1000)))));
+        for bad in [999u16, 1005, 1006, 1015, 2000, 5000] {
+            let mut reader = Reader::new(1024);
+            reader.extend(&client_frame(true, OP_CLOSE, &bad.to_be_bytes()));
+            assert!(
+                matches!(reader.message(), Err(ReadError::Protocol(_))),
+                "{bad}"
+            );
+        }
         assert_eq!(
             &close(1013, "slow")[..],
             &[0x88, 6, 0x03, 0xF5, b's', b'l', b'o', b'w']

@@ -7,6 +7,7 @@ mod harness;
 mod auth;
 mod browser;
 mod conformance;
+mod delivery;
 mod guests;
 mod hardening;
 mod hotswap;

@@ -258,11 +258,8 @@ async fn hostile_sockets_leave_no_trace() -> anyhow::Result<()> {
     // A connected client that sends an oversized message and garbage frames.
     let mut big = Client::connect(&server.ws_url("?tenant=acme")).await?;
     big.send_text(&"x".repeat(4096)).await?;
-    let code = big.recv_close().await?;
-    assert!(
-        matches!(code, None | Some(1009)),
-        "oversized message closes with 1009: {code:?}"
-    );
+    // The close frame arrives even though the oversized payload was never read (no reset).
+    assert_eq!(big.recv_close().await?, Some(1009));
     let mut garbage = Client::connect(&server.ws_url("?tenant=acme")).await?;
     garbage
         .inner()

@@ -115,7 +115,7 @@ impl Shard {
     }
 
     /// Every tenant with subscribers here.
-    pub fn tenants(&self) -> Vec<Tenant> {
+    fn tenants(&self) -> Vec<Tenant> {
         self.read().values().cloned().collect()
     }
 
@@ -160,6 +160,7 @@ impl Shard {
                                         &d.channel,
                                         d.topic.as_ref(),
                                         d.seq,
+                                        &d.id,
                                         &d.body,
                                     )
                                 })
@@ -189,27 +190,22 @@ impl Shard {
                             continue;
                         }
                         if s.holds > 0 {
+                            // As many events may wait for a hold as for a full socket.
                             if s.held.len() < queue_len {
                                 s.held.push(data.clone());
+                            } else {
+                                stalled.push(s.socket.clone());
                             }
                             continue;
                         }
                         match emit(&s.socket, &data) {
                             Ok(()) => emitted += 1,
-                            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
-                                stalled.push(s.socket.clone())
-                            }
+                            Err(e) if is_full(&e) => stalled.push(s.socket.clone()),
                             // Closed: on its way out, its disconnect handler takes it off.
                             Err(_) => {}
                         }
                     }
                 }
-            }
-            if !stalled.is_empty() {
-                for sockets in members.sockets.values_mut() {
-                    sockets.retain(|s| !stalled.iter().any(|x| x.id == s.socket.id));
-                }
-                members.sockets.retain(|_, sockets| !sockets.is_empty());
             }
         }
         metrics::counter!(m::DELIVERIES).increment(delivered);
@@ -218,7 +214,6 @@ impl Shard {
             self.remove(name, |members| {
                 members.sessions.retain(|s| !too_slow.contains(&s.id));
             });
-            metrics::counter!(m::QUEUE_OVERFLOWS).increment(too_slow.len() as u64);
             tracing::warn!(
                 tenant = %name,
                 sessions = too_slow.len(),
@@ -226,16 +221,44 @@ impl Shard {
             );
         }
         if !stalled.is_empty() {
-            metrics::counter!(m::SOCKETIO_TOO_SLOW).increment(stalled.len() as u64);
-            tracing::warn!(
-                tenant = %name,
-                sockets = stalled.len(),
-                "disconnecting socket.io clients whose send buffer is full (client too slow)"
-            );
-            for socket in stalled {
-                // The buffer is full, so no disconnect packet fits: the (patched) socketioxide
-                // closes the transport instead, and the disconnect handler releases the channels.
-                let _ = socket.disconnect();
+            self.drop_stalled(name, stalled);
+        }
+    }
+
+    /// Takes socket.io sockets that cannot take more off every channel of `tenant`, counts them and
+    /// disconnects them. Called with no tenant locked (the disconnect runs socketioxide's handlers).
+    pub fn drop_stalled(&self, tenant: &TenantId, stalled: Vec<SocketRef>) {
+        self.remove(tenant, |members| {
+            for sockets in members.sockets.values_mut() {
+                sockets.retain(|s| !stalled.iter().any(|x| x.id == s.socket.id));
+            }
+            members.sockets.retain(|_, sockets| !sockets.is_empty());
+        });
+        metrics::counter!(m::SOCKETIO_TOO_SLOW).increment(stalled.len() as u64);
+        tracing::warn!(
+            %tenant,
+            sockets = stalled.len(),
+            "disconnecting socket.io clients whose send buffer is full (client too slow)"
+        );
+        for socket in stalled {
+            // The buffer is full, so no disconnect packet fits: the (patched) socketioxide closes
+            // the transport instead, and the disconnect handler releases the channels.
+            let _ = socket.disconnect();
+        }
+    }
+
+    /// Sends `notice` to the `pgws.v1` sessions of `tenant`, or of every tenant.
+    pub fn tell_envelope_sessions(&self, tenant: Option<&TenantId>, notice: &Bytes) {
+        let tenants = match tenant {
+            Some(t) => self.read().get(t).cloned().into_iter().collect(),
+            None => self.tenants(),
+        };
+        for t in tenants {
+            let members = lock(&t);
+            for s in members.sessions.iter() {
+                if s.format == FrameFormat::Envelope {
+                    s.outbox.send(std::slice::from_ref(notice));
+                }
             }
         }
     }
@@ -249,16 +272,6 @@ impl Shard {
     }
 }
 
-/// Sends `notice` to the tenant's `pgws.v1` sessions; how many took it.
-pub(super) fn tell_envelope_sessions(members: &Members, notice: &Bytes) -> usize {
-    members
-        .sessions
-        .iter()
-        .filter(|s| s.format == FrameFormat::Envelope)
-        .filter(|s| s.outbox.send(std::slice::from_ref(notice)) != Sent::Closed)
-        .count()
-}
-
 /// socketio_pg's `event {channel, payload}`: the payload as JSON.
 fn socketio_event(channel: &str, body: &JsonBody) -> Value {
     let payload = serde_json::from_str::<Value>(body.as_str()).unwrap_or(Value::Null);
@@ -269,7 +282,7 @@ pub(super) fn emit(socket: &SocketRef, data: &Value) -> Result<(), SendError> {
     socket.emit("event", data)
 }
 
-/// Locks one tenant's members (for callers that hold the tenant from [`Shard::tenants`]).
-pub(super) fn members(tenant: &Tenant) -> MutexGuard<'_, Members> {
-    lock(tenant)
+/// Whether a send failed because the socket's buffer is full (the client stopped reading).
+pub(super) fn is_full(e: &SendError) -> bool {
+    matches!(e, SendError::Socket(SocketError::InternalChannelFull))
 }
