@@ -172,6 +172,46 @@ impl Feeder {
     }
 }
 
+/// Most deliveries one pass of a shard takes from its queue.
+const MAX_PASS: usize = 4096;
+
+/// A shard's thread, until the hub (every sender) is dropped. Each pass takes everything already
+/// queued (up to [`MAX_PASS`] deliveries, up to the next gap notice) and fans it out at once, so a
+/// shard that fell behind catches up with one write per subscriber for many messages rather than
+/// one each: the busier it is, the bigger its writes.
+fn feed_shard(shard: &Shard, feed: &std::sync::mpsc::Receiver<Feed>, queue_len: usize) {
+    let mut pass: Vec<Delivery> = Vec::new();
+    let mut next = feed.recv().ok();
+    while let Some(item) = next.take() {
+        match item {
+            Feed::Gap(tenant, notice) => {
+                shard.tell_envelope_sessions(tenant.as_ref(), &notice);
+                next = feed.recv().ok();
+            }
+            Feed::Batch(batch) => {
+                pass.extend(batch.iter().cloned());
+                while pass.len() < MAX_PASS {
+                    match feed.try_recv() {
+                        Ok(Feed::Batch(more)) => pass.extend(more.iter().cloned()),
+                        Ok(gap) => {
+                            next = Some(gap);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                // Each tenant's messages together, in their order (the sort is stable).
+                pass.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+                shard.publish(&pass, queue_len);
+                pass.clear();
+                if next.is_none() {
+                    next = feed.recv().ok();
+                }
+            }
+        }
+    }
+}
+
 /// The live subscribers, by shard and tenant.
 pub struct Hub {
     shards: Box<[Arc<Shard>]>,
@@ -211,15 +251,7 @@ impl Hub {
                 .name(format!("pgws-fanout-{i}"))
                 .spawn(move || {
                     let _context = runtime.enter();
-                    // Ends when the hub (every sender) is dropped.
-                    for item in feed {
-                        match item {
-                            Feed::Batch(batch) => shard.publish(&batch, queue_len),
-                            Feed::Gap(tenant, notice) => {
-                                shard.tell_envelope_sessions(tenant.as_ref(), &notice);
-                            }
-                        }
-                    }
+                    feed_shard(&shard, &feed, queue_len);
                 })?;
             feeders.push(Feeder {
                 queue,

@@ -150,7 +150,8 @@ impl Session {
         // a full socket that may take its whole timeout.
         self.registration.leave();
         if ending.says_why() {
-            client.finish().await;
+            // Boxed: only a closing session needs its state.
+            Box::pin(client.finish()).await;
         }
     }
 }

@@ -245,7 +245,8 @@ fn serve(ctx: Arc<SocketIoContext>, s: &SocketRef, identity: Identity, ticket: T
                     None => break,
                 },
             };
-            answer(&c, &m, &socket, request).await;
+            // Boxed: the publish path is a large future, and every idle socket's task would hold it.
+            Box::pin(answer(&c, &m, &socket, request)).await;
         }
     });
     for (event, make) in [

@@ -13,7 +13,7 @@ usage() {
 scenarios (targets in BENCHMARKS.md):
   idle-10k        10,000 idle connections on one server: RSS per connection
   idle-50k        50,000 idle connections over 3 pgws processes on one port
-  idle-100k       100,000 idle connections over 6 pgws processes, held 10 minutes
+  idle-100k       100,000 idle connections over 6 pgws processes, held 10 minutes (HOLD=<seconds>)
   fanout          10,000 subscribers x 100 NOTIFY/s through a passthrough guest
   moderate        1,000 subscribers over 2 tenants x 300 NOTIFY/s in transactions of 10, pgws frames
   latency-small   100 subscribers x 1,000 NOTIFY/s
@@ -109,7 +109,7 @@ server_args=()
 case "$scenario" in
   idle-10k)       ws --clients 10000 --tenants 100 --rate 0 --seconds 3 --source-addrs 8 ;;
   idle-50k)       PORT=$port tests/loadgen/idle.sh 50000 3 20 ;;
-  idle-100k)      PORT=$port tests/loadgen/idle.sh 100000 6 600 ;;
+  idle-100k)      PORT=$port tests/loadgen/idle.sh 100000 6 "${HOLD:-600}" ;;
   fanout)
     guests=$(mktemp -d /tmp/pgws-scenario-guests-XXXXXX)
     guest/rust/build.sh "$guests/built" >/dev/null
@@ -140,7 +140,7 @@ case "$scenario" in
       pids+=($!)
     fi
     ws --clients 200 --tenants 2 --rate 200 --seconds 10 ;;
-  idle-socketio)  sio --clients 5000 --rate 0 --seconds 3 --source-addrs 4 ;;
+  idle-socketio)  sio --clients 5000 --rate 0 --seconds 8 --source-addrs 4 ;;
   socketio-100)   sio --clients 100 --rate 1000 --seconds 10 ;;
   socketio-500)   sio --clients 500 --rate 1000 --seconds 10 ;;
   custom)         frame=${FRAME:-raw} ws ;;

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError};
@@ -33,7 +33,7 @@ pub(super) struct Socket {
     /// While the socket waits for the answer to its own `test_pub` on this channel, its events here
     /// wait too, so the answer comes first (socketio_pg's order).
     pub holds: u32,
-    pub held: Vec<Value>,
+    pub held: Vec<Box<RawValue>>,
 }
 
 #[derive(Default)]
@@ -184,7 +184,9 @@ impl Shard {
                     let Some(sockets) = members.sockets.get_mut(&*d.channel) else {
                         continue;
                     };
-                    let data = socketio_event(&d.channel, &d.body);
+                    let Some(data) = socketio_event(&d.channel, &d.body) else {
+                        continue;
+                    };
                     for s in sockets.iter_mut() {
                         if stalled.iter().any(|x| x.id == s.socket.id) {
                             continue;
@@ -272,13 +274,21 @@ impl Shard {
     }
 }
 
-/// socketio_pg's `event {channel, payload}`: the payload as JSON.
-fn socketio_event(channel: &str, body: &JsonBody) -> Value {
-    let payload = serde_json::from_str::<Value>(body.as_str()).unwrap_or(Value::Null);
-    serde_json::json!({ "channel": channel, "payload": payload })
+/// socketio_pg's `event {channel, payload}`: the payload as JSON (`None` only if the body were not
+/// JSON, which `deliver` rules out).
+fn socketio_event(channel: &str, body: &JsonBody) -> Option<Box<RawValue>> {
+    // Built as text once per message: each socket's packet then copies it instead of walking a
+    // JSON tree. The body is checked JSON, so the whole is too.
+    let mut text = String::with_capacity(body.as_str().len() + channel.len() + 24);
+    text.push_str(r#"{"channel":"#);
+    crate::frame::push_json_string(&mut text, channel);
+    text.push_str(r#","payload":"#);
+    text.push_str(body.as_str());
+    text.push('}');
+    RawValue::from_string(text).ok()
 }
 
-pub(super) fn emit(socket: &SocketRef, data: &Value) -> Result<(), SendError> {
+pub(super) fn emit(socket: &SocketRef, data: &RawValue) -> Result<(), SendError> {
     socket.emit("event", data)
 }
 
