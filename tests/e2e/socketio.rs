@@ -796,3 +796,73 @@ async fn published_comes_before_the_event_it_caused() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// socketio_pg's live test used `socketIO-client` 0.7.2 (Engine.IO 3): it reads only binary-framed
+/// polling payloads. It connects over polling, upgrades to WebSocket, and gets `published` then
+/// `event` for each of 20 `test_pub`s; its disconnect returns at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn socketio_client_0_7_2_polling_then_websocket() -> anyhow::Result<()> {
+    let (server, _sql) =
+        spawn_app(&["--socketio-anonymous-tenant", "a", "--socketio-test-pub"]).await?;
+    let script = tokio::task::spawn_blocking(node_tools)
+        .await?
+        .join("legacy.py");
+    let out = tokio::time::timeout(
+        PATIENCE * 3,
+        tokio::process::Command::new("python3")
+            .arg(&script)
+            .args(["127.0.0.1", &server.addr.port().to_string(), "legacy", "20"])
+            .output(),
+    )
+    .await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .with_context(|| format!("{stdout} {}", String::from_utf8_lossy(&out.stderr)))?;
+    assert_eq!(report["hello"], json!({"client": "127.0.0.1"}), "{report}");
+    assert_eq!(report["transport"], "websocket", "{report}");
+    assert_eq!(report["errors"], json!([]), "{report}");
+    let rounds = report["rounds"].as_array().context("rounds")?;
+    assert_eq!(rounds.len(), 20);
+    for r in rounds {
+        assert_eq!(r, &json!(["published", "event"]));
+    }
+    let secs = report["disconnect_secs"]
+        .as_f64()
+        .context("disconnect time")?;
+    assert!(secs < 1.0, "disconnect took {secs} s");
+    Ok(())
+}
+
+/// 30 polling-only clients that disconnect right after connecting: every disconnect completes at
+/// once (none waits a ping interval for its pending poll to return). Not yet true: in about one
+/// run of six, one python-socketio client's disconnect waits ~25 s (a ping interval) for its
+/// pending poll; kept as the reproducer (`cargo test -- --ignored polling_clients_leave`).
+#[ignore = "reproduces a known 25 s polling disconnect (1 run in ~6), not fixed yet"]
+#[tokio::test(flavor = "multi_thread")]
+async fn polling_clients_leave_at_once() -> anyhow::Result<()> {
+    let (server, _sql) = spawn_app(&["--socketio-anonymous-tenant", "a"]).await?;
+    let script = tokio::task::spawn_blocking(node_tools)
+        .await?
+        .join("quick_leave.py");
+    let out = tokio::time::timeout(
+        PATIENCE * 6,
+        tokio::process::Command::new("python3")
+            .arg(&script)
+            .args([&base(&server), "30"])
+            .output(),
+    )
+    .await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .with_context(|| format!("{stdout} {}", String::from_utf8_lossy(&out.stderr)))?;
+    assert_eq!(report["failures"], json!([]), "{report}");
+    let secs: Vec<f64> = report["disconnect_secs"]
+        .as_array()
+        .context("disconnect times")?
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    assert_eq!(secs.len(), 30);
+    assert!(secs.iter().all(|s| *s < 1.0), "disconnect times: {secs:?}");
+    Ok(())
+}

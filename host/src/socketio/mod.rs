@@ -46,6 +46,10 @@ use crate::metrics as m;
 use crate::publisher::{Publisher, RateLimit, MAX_PAYLOAD};
 use crate::workers::{ClientOutcome, Workers};
 
+mod polling;
+
+pub use polling::binary_polling;
+
 /// What the socket.io handlers need.
 pub struct SocketIoContext {
     /// Who may connect: the same rule as `/ws`, plus the anonymous tenant (socketio_pg's behaviour).
