@@ -21,6 +21,8 @@ scenarios (targets in BENCHMARKS.md):
   latency-large   10,000 subscribers x 10 NOTIFY/s
   ingest-single   single-NOTIFY commits as fast as 8 connections can (40,000/s asked), no clients
   ingest-batched  250,000 NOTIFY/s in 100-NOTIFY transactions, no clients
+  socketio-burst  50 runs of 500 socket.io clients connecting at once, each subscribing on connect:
+                  every subscribe must be answered (RUNS=<n>)
   idle-socketio   5,000 idle socket.io clients (WebSocket, one subscription each): RSS per connection
   socketio-100    100 socket.io clients x 1,000 NOTIFY/s
   socketio-500    500 socket.io clients x 1,000 NOTIFY/s
@@ -140,6 +142,18 @@ case "$scenario" in
       pids+=($!)
     fi
     ws --clients 200 --tenants 2 --rate 200 --seconds 10 ;;
+  socketio-burst)
+    server --socketio-anonymous-tenant bench
+    unanswered=0
+    for run in $(seq "${RUNS:-50}"); do
+      if ! "$bin/loadgen" --protocol socketio --ws "ws://127.0.0.1:$port" --channel bench \
+          --clients 500 --at-once --rate 0 --seconds 0 --source-addrs 4 >/tmp/pgws-burst.$$ 2>&1; then
+        unanswered=$((unanswered + 1))
+        echo "run $run: $(grep -m1 -E 'no subscribed|Error|error' /tmp/pgws-burst.$$)"
+      fi
+    done
+    rm -f /tmp/pgws-burst.$$
+    echo "runs with an unanswered subscribe: $unanswered of ${RUNS:-50} (500 clients each)" ;;
   idle-socketio)  sio --clients 5000 --rate 0 --seconds 8 --source-addrs 4 ;;
   socketio-100)   sio --clients 100 --rate 1000 --seconds 10 ;;
   socketio-500)   sio --clients 500 --rate 1000 --seconds 10 ;;

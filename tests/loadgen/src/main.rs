@@ -64,6 +64,9 @@ struct Args {
     /// First source address used is 127.0.0.(1 + this); give each generator process its own range.
     #[arg(long, default_value_t = 0)]
     source_offset: u8,
+    /// Open every client at the same moment instead of one after another (a connect burst).
+    #[arg(long)]
+    at_once: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -294,12 +297,26 @@ async fn main() -> anyhow::Result<()> {
     // Connect every client first.
     let connect_started = Instant::now();
     let mut sockets = Vec::with_capacity(args.clients);
-    for i in 0..args.clients {
-        sockets.push(
-            open_client(&args, i)
-                .await
-                .with_context(|| format!("client {i}"))?,
-        );
+    if args.at_once {
+        let opening = (0..args.clients).map(|i| {
+            let args = &args;
+            async move {
+                open_client(args, i)
+                    .await
+                    .with_context(|| format!("client {i}"))
+            }
+        });
+        for socket in futures_util::future::join_all(opening).await {
+            sockets.push(socket?);
+        }
+    } else {
+        for i in 0..args.clients {
+            sockets.push(
+                open_client(&args, i)
+                    .await
+                    .with_context(|| format!("client {i}"))?,
+            );
+        }
     }
     let connect_time = connect_started.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
