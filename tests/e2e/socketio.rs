@@ -780,26 +780,8 @@ async fn a_stalled_client_is_disconnected_and_the_others_get_everything() -> any
 async fn published_comes_before_the_event_it_caused() -> anyhow::Result<()> {
     let (server, _sql) =
         spawn_app(&["--socketio-anonymous-tenant", "a", "--socketio-test-pub"]).await?;
-    let script = tokio::task::spawn_blocking(node_tools)
-        .await?
-        .join("order.py");
     for transport in ["websocket", "polling"] {
-        let out = tokio::time::timeout(
-            PATIENCE * 6,
-            tokio::process::Command::new("python3")
-                .arg(&script)
-                .args([&base(&server), transport, "50", "4"])
-                .output(),
-        )
-        .await??;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-            .with_context(|| {
-                format!(
-                    "{transport}: {stdout} {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            })?;
+        let report = script_report("order.py", &[&base(&server), transport, "50", "4"]).await?;
         assert_eq!(report["failures"], json!([]), "{transport}");
         assert_eq!(report["violations"], json!([]), "{transport}");
         assert_eq!(report["checked"], json!(200), "{transport}");
@@ -814,20 +796,8 @@ async fn published_comes_before_the_event_it_caused() -> anyhow::Result<()> {
 async fn socketio_client_0_7_2_polling_then_websocket() -> anyhow::Result<()> {
     let (server, _sql) =
         spawn_app(&["--socketio-anonymous-tenant", "a", "--socketio-test-pub"]).await?;
-    let script = tokio::task::spawn_blocking(node_tools)
-        .await?
-        .join("legacy.py");
-    let out = tokio::time::timeout(
-        PATIENCE * 3,
-        tokio::process::Command::new("python3")
-            .arg(&script)
-            .args(["127.0.0.1", &server.addr.port().to_string(), "legacy", "20"])
-            .output(),
-    )
-    .await??;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .with_context(|| format!("{stdout} {}", String::from_utf8_lossy(&out.stderr)))?;
+    let port = server.addr.port().to_string();
+    let report = script_report("legacy.py", &["127.0.0.1", &port, "legacy", "20"]).await?;
     assert_eq!(report["hello"], json!({"client": "127.0.0.1"}), "{report}");
     assert_eq!(report["transport"], "websocket", "{report}");
     assert_eq!(report["errors"], json!([]), "{report}");
@@ -849,20 +819,7 @@ async fn socketio_client_0_7_2_polling_then_websocket() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn polling_clients_leave_at_once() -> anyhow::Result<()> {
     let (server, _sql) = spawn_app(&["--socketio-anonymous-tenant", "a"]).await?;
-    let script = tokio::task::spawn_blocking(node_tools)
-        .await?
-        .join("quick_leave.py");
-    let out = tokio::time::timeout(
-        PATIENCE * 6,
-        tokio::process::Command::new("python3")
-            .arg(&script)
-            .args([&base(&server), "30"])
-            .output(),
-    )
-    .await??;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .with_context(|| format!("{stdout} {}", String::from_utf8_lossy(&out.stderr)))?;
+    let report = script_report("quick_leave.py", &[&base(&server), "30"]).await?;
     assert_eq!(report["failures"], json!([]), "{report}");
     let secs: Vec<f64> = report["disconnect_secs"]
         .as_array()
@@ -873,4 +830,24 @@ async fn polling_clients_leave_at_once() -> anyhow::Result<()> {
     assert_eq!(secs.len(), 30);
     assert!(secs.iter().all(|s| *s < 1.0), "disconnect times: {secs:?}");
     Ok(())
+}
+
+/// Runs a client script of `tests/socketio` with `args` and returns the JSON report it prints last.
+async fn script_report(name: &str, args: &[&str]) -> anyhow::Result<Value> {
+    let script = tokio::task::spawn_blocking(node_tools).await?.join(name);
+    let out = tokio::time::timeout(
+        PATIENCE * 6,
+        tokio::process::Command::new("python3")
+            .arg(&script)
+            .args(args)
+            .output(),
+    )
+    .await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).with_context(|| {
+        format!(
+            "{name} {args:?}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
