@@ -118,7 +118,7 @@ impl TenantStream {
 }
 
 /// Most deliveries gathered before they are fanned out: bounds how long the first waits.
-pub const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 256;
 
 /// Deliveries gathered from notifications that arrived together, fanned out in one pass so each
 /// subscriber gets them in one write.
@@ -128,10 +128,6 @@ pub struct Batch {
 }
 
 impl Batch {
-    pub fn is_empty(&self) -> bool {
-        self.deliveries.is_empty()
-    }
-
     pub fn is_full(&self) -> bool {
         self.deliveries.len() >= MAX_BATCH
     }

@@ -51,6 +51,9 @@ fn notification(
     payload: &str,
     batch: &mut Batch,
 ) {
+    if batch.is_full() {
+        workers.publish(batch);
+    }
     let received = Instant::now();
     if !channels.is_envelope(&channel) {
         // Empty when an UNLISTEN was on its way as this arrived.
@@ -95,9 +98,6 @@ fn notification(
                 "payload rejected"
             );
         }
-    }
-    if batch.is_full() {
-        workers.publish(batch);
     }
 }
 
