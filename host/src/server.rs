@@ -298,6 +298,7 @@ pub async fn run(
     let app = app
         .layer(socketio_layer)
         .layer(axum::middleware::from_fn(socketio::binary_polling))
+        .layer(axum::middleware::from_fn(socketio::own_head))
         .layer(axum::middleware::from_fn_with_state(
             handshakes,
             handshakes::guard,

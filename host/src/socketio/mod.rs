@@ -45,9 +45,11 @@ use crate::metrics as m;
 use crate::publisher::{Publisher, RateLimit};
 use crate::workers::Workers;
 
+mod head;
 mod polling;
 mod requests;
 
+pub use head::own_head;
 pub use polling::binary_polling;
 use requests::{answer, emit, fail, message, release};
 
