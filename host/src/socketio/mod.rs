@@ -32,7 +32,7 @@ use socketioxide::extract::{Event, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler as _;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::SocketIo;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{Admission, Ticket};
@@ -186,14 +186,32 @@ async fn authenticate(
 /// One connected socket's state.
 struct Member {
     identity: Identity,
-    /// Channels this socket subscribed to; only its request task changes them while it lives.
+    /// Channels this socket subscribed to; only its request answering changes them while it lives.
     subscribed: Mutex<HashSet<ChannelName>>,
-    /// Cancelled when the socket goes; ends the request task and the expiry timer.
+    /// Cancelled when the socket goes; ends the request answering and the expiry timer.
     gone: CancellationToken,
     /// The `test_pub` rate limit.
     published: std::sync::Mutex<RateLimit>,
     /// The socket's place among connections, given back when it disconnects.
     ticket: std::sync::Mutex<Option<Ticket>>,
+    /// Requests waiting for their answer, and whether a task is answering them.
+    requests: std::sync::Mutex<Requests>,
+}
+
+/// A socket's request queue. A task answers it only while it is not empty, so an idle socket holds
+/// neither a task nor a channel.
+#[derive(Default)]
+struct Requests {
+    waiting: std::collections::VecDeque<Request>,
+    answering: bool,
+}
+
+impl Member {
+    fn requests(&self) -> std::sync::MutexGuard<'_, Requests> {
+        self.requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// A client request, queued in arrival order.
@@ -206,12 +224,12 @@ enum Request {
 /// Requests one socket may have waiting; past this a request is refused with `error`.
 const MAX_PENDING_REQUESTS: usize = 64;
 
-/// Registers the event handlers of an admitted socket and starts its request task.
+/// Registers the event handlers of an admitted socket.
 ///
 /// socketioxide runs each event handler as its own task, so two requests of one client could finish
 /// in either order. Here the handlers only queue the request (synchronously, in arrival order) and
-/// one task per socket answers them one after another: `subscribe` then `test_pub` sent without
-/// waiting still subscribe first.
+/// one task per socket at a time answers them one after another: `subscribe` then `test_pub` sent
+/// without waiting still subscribe first.
 fn serve(ctx: Arc<SocketIoContext>, s: &SocketRef, identity: Identity, ticket: Ticket) {
     metrics::counter!(m::SOCKETIO_CONNECTIONS).increment(1);
     tracing::debug!(tenant = %identity.tenant, protocol = ?s.protocol(), "socket.io client admitted");
@@ -220,6 +238,7 @@ fn serve(ctx: Arc<SocketIoContext>, s: &SocketRef, identity: Identity, ticket: T
         gone: CancellationToken::new(),
         published: std::sync::Mutex::new(RateLimit::new(ctx.publish_rate, ctx.publish_burst)),
         ticket: std::sync::Mutex::new(Some(ticket)),
+        requests: std::sync::Mutex::default(),
         identity,
     });
     if let Some(exp) = member.identity.expires_at {
@@ -240,22 +259,6 @@ fn serve(ctx: Arc<SocketIoContext>, s: &SocketRef, identity: Identity, ticket: T
         });
     }
 
-    let (queue, mut requests) = mpsc::channel::<Request>(MAX_PENDING_REQUESTS);
-    let (c, m, socket) = (ctx.clone(), member.clone(), s.clone());
-    tokio::spawn(async move {
-        loop {
-            let request = tokio::select! {
-                biased;
-                _ = m.gone.cancelled() => break,
-                r = requests.recv() => match r {
-                    Some(r) => r,
-                    None => break,
-                },
-            };
-            // Boxed: the publish path is a large future, and every idle socket's task would hold it.
-            Box::pin(answer(&c, &m, &socket, request)).await;
-        }
-    });
     for (event, make) in [
         (
             "subscribe",
@@ -264,14 +267,26 @@ fn serve(ctx: Arc<SocketIoContext>, s: &SocketRef, identity: Identity, ticket: T
         ("unsubscribe", Request::Unsubscribe),
         ("test_pub", Request::TestPub),
     ] {
-        let queue = queue.clone();
+        let (ctx, member) = (ctx.clone(), member.clone());
         s.on(event, move |s: SocketRef, TryData(data): TryData<Value>| {
-            if queue.try_send(make(data.ok())).is_err() {
-                fail(
-                    &s,
-                    "overloaded",
-                    format!("{event} refused: more than {MAX_PENDING_REQUESTS} requests waiting"),
-                );
+            let start = {
+                let mut requests = member.requests();
+                if requests.waiting.len() >= MAX_PENDING_REQUESTS {
+                    drop(requests);
+                    fail(
+                        &s,
+                        "overloaded",
+                        format!(
+                            "{event} refused: more than {MAX_PENDING_REQUESTS} requests waiting"
+                        ),
+                    );
+                    return std::future::ready(());
+                }
+                requests.waiting.push_back(make(data.ok()));
+                !std::mem::replace(&mut requests.answering, true)
+            };
+            if start {
+                tokio::spawn(answer_all(ctx.clone(), member.clone(), s));
             }
             std::future::ready(())
         });
@@ -306,6 +321,24 @@ fn serve(ctx: Arc<SocketIoContext>, s: &SocketRef, identity: Identity, ticket: T
             metrics::counter!(m::SOCKETIO_DISCONNECTIONS).increment(1);
         }
     });
+}
+
+/// Answers a socket's waiting requests in order until none is left (or the socket is gone).
+async fn answer_all(ctx: Arc<SocketIoContext>, member: Arc<Member>, s: SocketRef) {
+    loop {
+        let request = {
+            let mut requests = member.requests();
+            match requests.waiting.pop_front() {
+                Some(r) if !member.gone.is_cancelled() => r,
+                _ => {
+                    requests.waiting.clear();
+                    requests.answering = false;
+                    return;
+                }
+            }
+        };
+        answer(&ctx, &member, &s, request).await;
+    }
 }
 
 /// How long after admission a socket must be connected; socketioxide connects it right after the
