@@ -175,6 +175,12 @@ pub struct Config {
     #[arg(long, env = "PGWS_GUEST_THREADS")]
     pub guest_threads: Option<usize>,
 
+    /// Warm guest instances kept ready, all tenants together. Each holds its guest's memory (up to
+    /// --guest-memory-mb); past this many, tenants beyond the ones already warm get a fresh instance
+    /// for each run of messages, and instances of tenants quiet for a minute are dropped.
+    #[arg(long, env = "PGWS_GUEST_MAX_WARM", default_value_t = 1_000)]
+    pub guest_max_warm: usize,
+
     /// Messages (and client requests) one tenant may have waiting for its guest. Past it that
     /// tenant's new messages are dropped, counted and announced to its pgws.v1 clients as a gap;
     /// other tenants are not affected.

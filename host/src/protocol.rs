@@ -160,7 +160,15 @@ pub fn welcome(tenant: &str, topics: &[String], can_publish: bool) -> String {
         .to_string()
 }
 
-pub fn subscribed(kind: &str, topics: &[Topic], r#ref: Option<&Value>) -> String {
+pub fn subscribed(topics: &[Topic], r#ref: Option<&Value>) -> String {
+    topics_answer("subscribed", topics, r#ref)
+}
+
+pub fn unsubscribed(topics: &[Topic], r#ref: Option<&Value>) -> String {
+    topics_answer("unsubscribed", topics, r#ref)
+}
+
+fn topics_answer(kind: &str, topics: &[Topic], r#ref: Option<&Value>) -> String {
     let names: Vec<&str> = topics.iter().map(Topic::as_str).collect();
     with_ref(json!({"type": kind, "topics": names}), r#ref)
 }

@@ -2,18 +2,25 @@
 //! for socket.io's `test_pub`, `pg_notify(<channel>, '<json>')`; and the per-client publish rate limit.
 //!
 //! Owns a small connection pool, separate from the LISTEN connection so a slow publish never delays
-//! notifications. The tenant is always the one the host verified; nothing a client sends can change
+//! notifications. Every step — waiting for a pooled connection, connecting, the NOTIFY itself — is
+//! bounded by [`PUBLISH_TIMEOUT`], so a database that hangs costs a client a `publish_failed`, not a
+//! stuck request. The tenant is always the one the host verified; nothing a client sends can change
 //! it. It does not check permissions or run guests (`session`, `socketio` and `workers` do, before calling it).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use crate::envelope::{JsonBody, TenantId, Topic};
 
 /// Postgres refuses NOTIFY payloads of this many bytes or more.
 pub const MAX_PAYLOAD: usize = 8000;
+
+/// Longest a publish may wait for each of its steps. A client waits for its answer, so a database
+/// that does not answer must turn into an error it can act on (and a pooled connection that hangs
+/// must not hold its place for ever).
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -30,7 +37,8 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(database_url: &str, channel: &str, pool_size: usize) -> anyhow::Result<Publisher> {
-        let pg: tokio_postgres::Config = database_url.parse()?;
+        let mut pg: tokio_postgres::Config = database_url.parse()?;
+        pg.connect_timeout(PUBLISH_TIMEOUT);
         let manager = Manager::from_config(
             pg,
             NoTls,
@@ -38,7 +46,13 @@ impl Publisher {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let pool = Pool::builder(manager).max_size(pool_size.max(1)).build()?;
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(PUBLISH_TIMEOUT))
+            .create_timeout(Some(PUBLISH_TIMEOUT))
+            .recycle_timeout(Some(PUBLISH_TIMEOUT))
+            .build()?;
         Ok(Publisher {
             pool,
             channel: channel.to_owned(),
@@ -80,15 +94,22 @@ impl Publisher {
             .get()
             .await
             .map_err(|e| PublishError::Unavailable(e.to_string()))?;
-        let statement = client
-            .prepare_cached("select pg_notify($1, $2)")
-            .await
-            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
-        client
-            .execute(&statement, &[&channel, &payload])
-            .await
-            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
-        Ok(())
+        let notify = async {
+            let statement = client.prepare_cached("select pg_notify($1, $2)").await?;
+            client.execute(&statement, &[&channel, &payload]).await
+        };
+        match tokio::time::timeout(PUBLISH_TIMEOUT, notify).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(PublishError::Unavailable(e.to_string())),
+            Err(_) => {
+                // Cut off mid-query: the connection's state is unknown, so it leaves the pool
+                // instead of going back to it.
+                drop(deadpool_postgres::Object::take(client));
+                Err(PublishError::Unavailable(format!(
+                    "no answer within {PUBLISH_TIMEOUT:?}"
+                )))
+            }
+        }
     }
 }
 

@@ -171,6 +171,7 @@ pub async fn run(
             threads: config.guest_threads(),
             queue_per_tenant: config.guest_queue,
             budget_per_sec: Duration::from_millis(config.guest_cpu_ms_per_sec),
+            max_warm: config.guest_max_warm,
         },
     )
     .context("starting guest threads")?;

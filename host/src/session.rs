@@ -11,18 +11,20 @@
 //! client is (`upgrade`, `auth`) or what it is sent (`hub` writes deliveries into the outbox).
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
+use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
-use crate::envelope::Topic;
+use crate::envelope::{JsonBody, TenantId, Topic};
 use crate::hub::{Registration, TopicFilter};
 use crate::metrics as m;
 use crate::outbox::{Ended, Flush, Outbox};
@@ -136,6 +138,7 @@ impl Session {
                     limit: RateLimit::new(ctx.publish_rate, ctx.publish_burst),
                 })
             }),
+            pending: None,
         };
         // What the client sent right behind its handshake. The buffer may be the handshake's
         // whole read buffer: none of it is kept.
@@ -151,7 +154,10 @@ impl Session {
         self.registration.leave();
         if ending.says_why() {
             // Boxed: only a closing session needs its state.
-            Box::pin(client.finish()).await;
+            // A publish still in progress is abandoned: its answer could not be sent anyway.
+            let outbox = client.outbox;
+            drop(client);
+            Box::pin(Client::finish(outbox)).await;
         }
     }
 }
@@ -169,6 +175,10 @@ struct Client<'a> {
     answered: bool,
     /// A `pgws.v1` session's state (boxed: most sessions are idle, many are not v1).
     v1: Option<Box<V1State>>,
+    /// The answer of a publish in progress. While there is one, the client's later frames wait
+    /// unread (answers keep the order of requests, and reading stops rather than buffering without
+    /// bound); pings, flushing, expiry and shutdown go on.
+    pending: Option<Pin<Box<dyn Future<Output = String> + Send>>>,
 }
 
 impl Client<'_> {
@@ -176,7 +186,7 @@ impl Client<'_> {
         &mut self,
         registration: &Registration,
         identity: &Identity,
-        ctx: &SessionContext,
+        ctx: &Arc<SessionContext>,
         shutdown: &CancellationToken,
     ) -> Ending {
         let outbox = self.outbox;
@@ -193,7 +203,7 @@ impl Client<'_> {
         // While frames wait for the socket: the time by which it must take some.
         let mut stall: Option<Pin<Box<Sleep>>> = None;
         // Bytes the client sent with its handshake may already hold whole messages.
-        if let Some(ending) = self.handle_messages(registration, identity, ctx).await {
+        if let Some(ending) = self.handle_messages(registration, identity, ctx) {
             return ending;
         }
         let ending = loop {
@@ -231,7 +241,14 @@ impl Client<'_> {
                     outbox.close(wire::close(wire::CLOSE_TOKEN_EXPIRED, "token expired"));
                     break Ending::TokenExpired;
                 }
-                ready = socket.readable() => {
+                answer = answered(&mut self.pending) => {
+                    self.pending = None;
+                    outbox.send(&[wire::text(&answer)]);
+                    if let Some(ending) = self.handle_messages(registration, identity, ctx) {
+                        break ending;
+                    }
+                }
+                ready = socket.readable(), if self.pending.is_none() => {
                     if ready.is_err() {
                         return Ending::ClientError;
                     }
@@ -241,12 +258,13 @@ impl Client<'_> {
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(_) => return Ending::ClientError,
                     }
-                    if let Some(ending) = self.handle_messages(registration, identity, ctx).await {
+                    if let Some(ending) = self.handle_messages(registration, identity, ctx) {
                         break ending;
                     }
                 }
                 _ = ping.tick() => {
-                    if !self.answered {
+                    // A client whose frames wait behind a publish cannot be heard answering.
+                    if !self.answered && self.pending.is_none() {
                         outbox.close(wire::close(wire::CLOSE_PING_TIMEOUT, "no pong within the keepalive interval"));
                         break Ending::PingTimeout;
                     }
@@ -262,8 +280,7 @@ impl Client<'_> {
     /// side is shut and the client's remaining bytes are read and dropped until it closes too, all
     /// within [`CLOSE_TIMEOUT`]. Closing with unread bytes would reset the connection, and the
     /// client would see no close frame at all.
-    async fn finish(&self) {
-        let outbox = self.outbox;
+    async fn finish(outbox: &Outbox) {
         let Some(socket) = outbox.socket() else {
             return;
         };
@@ -298,14 +315,18 @@ impl Client<'_> {
         .await;
     }
 
-    /// Acts on every whole message read so far; the ending, if one of them ends the session.
-    async fn handle_messages(
+    /// Acts on every whole message read so far, up to a publish that has to wait for its answer;
+    /// the ending, if one of them ends the session.
+    fn handle_messages(
         &mut self,
         registration: &Registration,
         identity: &Identity,
-        ctx: &SessionContext,
+        ctx: &Arc<SessionContext>,
     ) -> Option<Ending> {
         let ending = loop {
+            if self.pending.is_some() {
+                break None;
+            }
             let message = match self.reader.message() {
                 Ok(Some(message)) => message,
                 Ok(None) => break None,
@@ -321,10 +342,12 @@ impl Client<'_> {
             match message {
                 Incoming::Text(text) if self.v1.is_some() => {
                     let Some(v1) = self.v1.as_mut() else { continue };
-                    // Boxed: the publish path (guest call, database round trip) is a large
-                    // future, and inlined it would make every idle session's task that large.
-                    let reply = Box::pin(v1.handle(&text, identity, registration, ctx)).await;
-                    self.outbox.send(&[wire::text(&reply)]);
+                    match v1.handle(&text, identity, registration, ctx) {
+                        Answer::Now(reply) => {
+                            self.outbox.send(&[wire::text(&reply)]);
+                        }
+                        Answer::Later(answer) => self.pending = Some(answer),
+                    }
                 }
                 Incoming::Ping(payload) => {
                     self.outbox.send(&[wire::frame(wire::OP_PONG, &payload)]);
@@ -354,6 +377,14 @@ fn until(at: std::time::SystemTime) -> Duration {
         .unwrap_or_default()
 }
 
+/// The answer of the publish in progress, when it is ready; never without one.
+async fn answered(pending: &mut Option<Pin<Box<dyn Future<Output = String> + Send>>>) -> String {
+    match pending {
+        Some(answer) => answer.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves when the timer, if there is one, goes off; never without one.
 async fn elapsed(timer: &mut Option<Pin<Box<Sleep>>>) {
     match timer {
@@ -368,20 +399,27 @@ struct V1State {
     limit: RateLimit,
 }
 
+/// The answer to a client frame: at once, or from a publish that runs beside the session loop.
+enum Answer {
+    Now(String),
+    Later(Pin<Box<dyn Future<Output = String> + Send>>),
+}
+
 impl V1State {
-    /// Acts on one client frame and returns the answer to send back.
-    async fn handle(
+    /// Acts on one client frame. A publish is checked here (permissions, rate) and then runs
+    /// beside the session loop, owning what it needs.
+    fn handle(
         &mut self,
         text: &str,
         identity: &Identity,
         registration: &Registration,
-        ctx: &SessionContext,
-    ) -> String {
+        ctx: &Arc<SessionContext>,
+    ) -> Answer {
         let frame = match ClientFrame::parse(text) {
             Ok(f) => f,
             Err(e) => {
                 let r = protocol::peek_ref(text);
-                return protocol::error(e.code(), &e.to_string(), r.as_ref());
+                return Answer::Now(protocol::error(e.code(), &e.to_string(), r.as_ref()));
             }
         };
         match frame {
@@ -393,7 +431,7 @@ impl V1State {
                     .collect();
                 if !refused.is_empty() {
                     let msg = format!("not allowed by your token: {}", refused.join(", "));
-                    return protocol::error("forbidden_topic", &msg, r#ref.as_ref());
+                    return Answer::Now(protocol::error("forbidden_topic", &msg, r#ref.as_ref()));
                 }
                 let new = topics
                     .iter()
@@ -403,39 +441,37 @@ impl V1State {
                     metrics::counter!(m::LIMIT_REFUSALS, "limit" => "topics_per_session")
                         .increment(1);
                     let msg = format!("at most {} topics per connection", ctx.max_topics);
-                    return protocol::error("too_many_topics", &msg, r#ref.as_ref());
+                    return Answer::Now(protocol::error("too_many_topics", &msg, r#ref.as_ref()));
                 }
                 self.subscriptions.extend(topics.iter().cloned());
                 registration.set_filter(TopicFilter::Only(Arc::new(self.subscriptions.clone())));
-                protocol::subscribed("subscribed", &topics, r#ref.as_ref())
+                Answer::Now(protocol::subscribed(&topics, r#ref.as_ref()))
             }
             ClientFrame::Unsubscribe { topics, r#ref } => {
                 for t in &topics {
                     self.subscriptions.remove(t);
                 }
                 registration.set_filter(TopicFilter::Only(Arc::new(self.subscriptions.clone())));
-                protocol::subscribed("unsubscribed", &topics, r#ref.as_ref())
+                Answer::Now(protocol::unsubscribed(&topics, r#ref.as_ref()))
             }
             ClientFrame::Publish { topic, data, r#ref } => {
-                let r = r#ref.as_ref();
-                let outcome = self.publish(topic, data, identity, ctx).await;
-                let label: &'static str = match &outcome {
-                    Ok(()) => "published",
-                    Err((code, _)) => code,
-                };
-                metrics::counter!(m::CLIENT_PUBLISHES, "outcome" => label).increment(1);
-                match outcome {
-                    Ok(()) => protocol::published(r),
-                    Err((code, message)) => protocol::error(code, &message, r),
+                match self.may_publish(topic.as_ref(), identity, ctx) {
+                    Ok(()) => {
+                        let publish = publish(ctx.clone(), identity.tenant.clone(), topic, data);
+                        Answer::Later(Box::pin(async move {
+                            answer_publish(publish.await, r#ref.as_ref())
+                        }))
+                    }
+                    Err(refusal) => Answer::Now(answer_publish(Err(refusal), r#ref.as_ref())),
                 }
             }
         }
     }
 
-    async fn publish(
+    /// Whether this session may publish to `topic` now; takes a token of its rate limit.
+    fn may_publish(
         &mut self,
-        topic: Option<Topic>,
-        data: crate::envelope::JsonBody,
+        topic: Option<&Topic>,
         identity: &Identity,
         ctx: &SessionContext,
     ) -> Result<(), (&'static str, String)> {
@@ -445,8 +481,8 @@ impl V1State {
                 "your token does not allow publishing (mode \"r\")".into(),
             ));
         }
-        if !identity.may_publish_to(topic.as_ref()) {
-            return Err(match &topic {
+        if !identity.may_publish_to(topic) {
+            return Err(match topic {
                 Some(t) => ("forbidden_topic", format!("not allowed by your token: {t}")),
                 None => (
                     "forbidden_topic",
@@ -460,20 +496,44 @@ impl V1State {
                 format!("at most {} publishes per second", ctx.publish_rate),
             ));
         }
-        let body = match ctx
-            .workers
-            .client_message(&identity.tenant, topic.clone(), data)
-            .await
-        {
-            ClientOutcome::Accept(body) => body,
-            ClientOutcome::Reject(reason) => return Err(("rejected", reason)),
-        };
-        ctx.publisher
-            .publish(&identity.tenant, topic.as_ref(), &body)
-            .await
-            .map_err(|e| match e {
-                PublishError::TooLarge(_) => ("too_large", e.to_string()),
-                PublishError::Unavailable(_) => ("publish_failed", e.to_string()),
-            })
+        Ok(())
+    }
+}
+
+/// A permitted publish: through the tenant's guest (bounded by the workers' answer time), then to
+/// Postgres (bounded by the publisher's timeouts).
+async fn publish(
+    ctx: Arc<SessionContext>,
+    tenant: TenantId,
+    topic: Option<Topic>,
+    data: JsonBody,
+) -> Result<(), (&'static str, String)> {
+    let body = match ctx
+        .workers
+        .client_message(&tenant, topic.clone(), data)
+        .await
+    {
+        ClientOutcome::Accept(body) => body,
+        ClientOutcome::Reject(reason) => return Err(("rejected", reason)),
+    };
+    ctx.publisher
+        .publish(&tenant, topic.as_ref(), &body)
+        .await
+        .map_err(|e| match e {
+            PublishError::TooLarge(_) => ("too_large", e.to_string()),
+            PublishError::Unavailable(_) => ("publish_failed", e.to_string()),
+        })
+}
+
+/// The frame that answers a publish, counted by outcome.
+fn answer_publish(outcome: Result<(), (&'static str, String)>, r#ref: Option<&Value>) -> String {
+    let label: &'static str = match &outcome {
+        Ok(()) => "published",
+        Err((code, _)) => code,
+    };
+    metrics::counter!(m::CLIENT_PUBLISHES, "outcome" => label).increment(1);
+    match outcome {
+        Ok(()) => protocol::published(r#ref),
+        Err((code, message)) => protocol::error(code, &message, r#ref),
     }
 }

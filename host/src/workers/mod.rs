@@ -16,23 +16,25 @@
 //! failing, fail closed for a guest that was meant to serve but never loaded). It does not parse
 //! payloads (`dispatch`) or turn verdicts into deliveries (`deliver`).
 
+mod jobs;
+mod lanes;
 mod runner;
 mod threads;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use crate::auth::Identity;
 use crate::config::FailurePolicy;
-use crate::deliver::{self, Batch, Deliverer, Notify, Outcome, TenantStream};
+use crate::deliver::{Batch, Deliverer, Notify, Outcome};
 use crate::envelope::{JsonBody, TenantId, Topic};
-use crate::guest::{
-    Authorization, ClientMessageRef, ClientVerdict, ConnectionRef, GuestRegistry, Lookup,
-};
+use crate::guest::{Authorization, GuestRegistry, Lookup};
 use crate::metrics as m;
+use lanes::{cool_down, drain, Lane};
 use runner::Runner;
 use threads::GuestThreads;
 
@@ -55,6 +57,9 @@ pub struct Scheduling {
     pub queue_per_tenant: usize,
     /// Guest time one tenant may use per second before it is throttled.
     pub budget_per_sec: Duration,
+    /// Warm instances kept, all tenants together; past it a lane gives its instance up after
+    /// each run.
+    pub max_warm: usize,
 }
 
 /// How long a lane keeps its warm instance after its last job. Instances cost memory (a guest's
@@ -65,6 +70,11 @@ const WARM_FOR: Duration = Duration::from_secs(60);
 /// role may send, so lanes of tenants that went quiet are dropped (their sequence numbers restart,
 /// which only matters to sessions of the tenant, and a lane with sessions is kept).
 const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+/// Most tenants with a lane at once. A lane is small (a few hundred bytes and its bounded queue),
+/// but tenants are named by NOTIFY payloads: this caps what a flood of made-up names can hold for
+/// the [`FORGET_AFTER`] it takes to forget them, at a count no real deployment of one process nears.
+const MAX_LANES: usize = 100_000;
 
 /// Longest a session waits for its tenant's guest to answer a publish or a connect (its request may
 /// queue behind the tenant's own messages); then it is refused rather than left hanging.
@@ -106,45 +116,14 @@ struct Inner {
     deliverer: Deliverer,
     rules: FailureRules,
     scheduling: Scheduling,
-    /// Every tenant seen, by name. Locked only to find or add a lane, never across a guest call.
+    /// Every tenant seen, by name (at most [`MAX_LANES`]). Locked only to find or add a lane,
+    /// never across a guest call.
     lanes: Mutex<HashMap<TenantId, Arc<Lane>>>,
+    /// Whether [`MAX_LANES`] was reached (logged once until the sweep finds room again).
+    lanes_full: AtomicBool,
+    /// Warm instances alive, all lanes together.
+    warm: Arc<AtomicUsize>,
     threads: GuestThreads,
-}
-
-/// One tenant's place in the scheduler.
-struct Lane {
-    tenant: TenantId,
-    stream: TenantStream,
-    state: Mutex<LaneState>,
-}
-
-struct LaneState {
-    jobs: VecDeque<Job>,
-    /// Whether a task is draining `jobs`. At most one per lane.
-    running: bool,
-    /// The guest side of the lane; taken by the draining task while it runs.
-    runner: Option<Runner>,
-    /// Whether messages are being dropped because the queue is full (logged once per episode).
-    overflowing: bool,
-    /// Whether the lane's last guest call was slow: its task runs on the slow threads.
-    slow: bool,
-    idle_since: Instant,
-    /// Removed from the lanes map (see [`FORGET_AFTER`]); a job that finds this takes a new lane.
-    forgotten: bool,
-}
-
-impl LaneState {
-    /// Whether the lane can be dropped: nothing queued or running, quiet for [`FORGET_AFTER`].
-    /// (The caller also checks that no session of the tenant would see its numbering restart.)
-    fn forgettable(&self, now: Instant) -> bool {
-        !self.running && self.jobs.is_empty() && now.duration_since(self.idle_since) >= FORGET_AFTER
-    }
-}
-
-impl Lane {
-    fn lock(&self) -> MutexGuard<'_, LaneState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 impl Workers {
@@ -162,6 +141,8 @@ impl Workers {
             rules,
             scheduling,
             lanes: Mutex::default(),
+            lanes_full: AtomicBool::new(false),
+            warm: Arc::default(),
             threads,
         });
         inner
@@ -178,7 +159,10 @@ impl Workers {
     pub fn dispatch(&self, n: Notify, batch: &mut Batch) {
         if matches!(self.inner.registry.lookup(&n.tenant), Lookup::None) {
             loop {
-                let lane = self.inner.lane(&n.tenant);
+                let Some(lane) = self.inner.lane(&n.tenant) else {
+                    self.inner.no_lane(Job::Notify(n));
+                    return;
+                };
                 {
                     let mut state = lane.lock();
                     if state.forgotten {
@@ -261,41 +245,60 @@ impl Workers {
 const NOT_LOADED: &str = "the tenant's guest is not loaded (its file was refused)";
 
 impl Inner {
-    fn lane(&self, tenant: &TenantId) -> Arc<Lane> {
+    /// The tenant's lane, made if it has none; `None` when [`MAX_LANES`] tenants have one.
+    fn lane(&self, tenant: &TenantId) -> Option<Arc<Lane>> {
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(lane) = lanes.get(tenant) {
-            return lane.clone();
+            return Some(lane.clone());
         }
-        let lane = Arc::new(Lane {
-            tenant: tenant.clone(),
-            stream: TenantStream::new(tenant),
-            state: Mutex::new(LaneState {
-                jobs: VecDeque::new(),
-                running: false,
-                runner: Some(Runner::new(self.scheduling.budget_per_sec)),
-                overflowing: false,
-                slow: false,
-                idle_since: Instant::now(),
-                forgotten: false,
-            }),
-        });
+        if lanes.len() >= MAX_LANES {
+            if !self.lanes_full.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    lanes = MAX_LANES,
+                    "too many tenants at once; messages of new tenants are dropped until quiet \
+                     tenants are forgotten"
+                );
+            }
+            return None;
+        }
+        let lane = Arc::new(Lane::new(tenant, self.runner()));
         lanes.insert(tenant.clone(), lane.clone());
-        lane
+        Some(lane)
     }
 
-    fn not_loaded_authorization(&self) -> Authorization {
-        match self.rules.policy {
-            FailurePolicy::Closed => Authorization::Deny(NOT_LOADED.into()),
-            FailurePolicy::Open => Authorization::Allow,
-        }
+    fn runner(&self) -> Runner {
+        Runner::new(self.scheduling.budget_per_sec, self.warm.clone())
     }
 
     /// Queues `job` on its tenant's lane (see [`submit`](Self::submit)).
     fn enqueue(self: &Arc<Self>, tenant: &TenantId, job: Job) {
         let mut job = job;
         // A lane forgotten between the lookup and the lock is replaced by a fresh one.
-        while let Err(back) = self.submit(&self.lane(tenant), job) {
-            job = back;
+        loop {
+            let Some(lane) = self.lane(tenant) else {
+                return self.no_lane(job);
+            };
+            match self.submit(&lane, job) {
+                Ok(()) => return,
+                Err(back) => job = back,
+            }
+        }
+    }
+
+    /// A job of a tenant that could get no lane (see [`MAX_LANES`]): counted and answered.
+    fn no_lane(&self, job: Job) {
+        const BUSY: &str = "server busy: too many tenants at once";
+        match job {
+            Job::Notify(_) => {
+                metrics::counter!(m::NOTIFICATIONS_REJECTED, "reason" => "too_many_tenants")
+                    .increment(1);
+            }
+            Job::ClientMessage { reply, .. } => {
+                let _ = reply.send(ClientOutcome::Reject(BUSY.into()));
+            }
+            Job::Authorize { reply, .. } => {
+                let _ = reply.send(Authorization::Deny(BUSY.into()));
+            }
         }
     }
 
@@ -362,269 +365,5 @@ impl Inner {
                 ));
             }
         }
-    }
-
-    /// Runs one job of `lane`'s tenant.
-    async fn run(&self, lane: &Lane, runner: &mut Runner, job: Job, batch: &mut Batch) {
-        let tenant = &lane.tenant;
-        let lookup = self.registry.lookup(tenant);
-        match job {
-            Job::Notify(n) => {
-                let outcome = match lookup {
-                    Lookup::None => Outcome::Deliver(vec![n.original()]),
-                    Lookup::NotLoaded => {
-                        metrics::counter!(m::GUEST_FAILURES, "tenant" => tenant.to_string(), "kind" => "not_loaded")
-                            .increment(1);
-                        self.on_failure(&n, "not_loaded", NOT_LOADED.into())
-                    }
-                    Lookup::Guest(module) => match runner
-                        .on_notify(self.registry.runtime(), &self.rules, module, &n)
-                        .await
-                    {
-                        Ok(verdict) => {
-                            let outcome = deliver::apply(verdict, &n);
-                            runner.count(&outcome);
-                            outcome
-                        }
-                        Err(f) => self.on_failure(&n, f.kind, f.detail),
-                    },
-                };
-                self.deliverer.finish(&lane.stream, &n, outcome, batch);
-            }
-            Job::ClientMessage { topic, body, reply } => {
-                let outcome = match lookup {
-                    Lookup::Guest(module) if module.has_client_handler() => {
-                        let message = ClientMessageRef {
-                            tenant: tenant.as_str(),
-                            topic: topic.as_ref().map(Topic::as_str),
-                            body: body.as_str(),
-                        };
-                        match runner
-                            .on_client_message(
-                                self.registry.runtime(),
-                                &self.rules,
-                                tenant,
-                                module,
-                                &message,
-                            )
-                            .await
-                        {
-                            Ok(ClientVerdict::Accept) => ClientOutcome::Accept(body),
-                            Ok(ClientVerdict::Replace(b)) => match JsonBody::from_string(b) {
-                                Ok(b) => ClientOutcome::Accept(b),
-                                Err(e) => ClientOutcome::Reject(format!(
-                                    "guest produced invalid JSON: {e}"
-                                )),
-                            },
-                            Ok(ClientVerdict::Reject(reason)) => ClientOutcome::Reject(reason),
-                            Err(f) => ClientOutcome::Reject(format!("guest failed ({})", f.kind)),
-                        }
-                    }
-                    Lookup::NotLoaded => ClientOutcome::Reject(NOT_LOADED.into()),
-                    _ => ClientOutcome::Accept(body),
-                };
-                let _ = reply.send(outcome);
-            }
-            Job::Authorize {
-                topics,
-                can_publish,
-                claims,
-                reply,
-            } => {
-                let answer = match lookup {
-                    Lookup::Guest(module) if module.has_authorizer() => {
-                        let connection = ConnectionRef {
-                            tenant: tenant.as_str(),
-                            topics,
-                            can_publish,
-                            claims: &claims,
-                        };
-                        runner
-                            .authorize(
-                                self.registry.runtime(),
-                                &self.rules,
-                                tenant,
-                                module,
-                                &connection,
-                            )
-                            .await
-                            .unwrap_or_else(|f| {
-                                Authorization::Deny(format!("guest failed ({})", f.kind))
-                            })
-                    }
-                    Lookup::NotLoaded => self.not_loaded_authorization(),
-                    _ => Authorization::Allow,
-                };
-                let _ = reply.send(answer);
-            }
-        }
-    }
-
-    /// What a notification whose guest produced nothing usable becomes.
-    fn on_failure(&self, n: &Notify, kind: &'static str, detail: String) -> Outcome {
-        match self.rules.policy {
-            FailurePolicy::Closed => Outcome::Rejected(kind, detail),
-            FailurePolicy::Open => Outcome::Deliver(vec![n.original()]),
-        }
-    }
-}
-
-/// Drains one lane: its jobs one after another, until none is left or the lane changed class (quick
-/// or slow) and must move to the other threads. Exactly one per lane runs.
-async fn drain(inner: Arc<Inner>, lane: Arc<Lane>, on_slow: bool) {
-    let runner = lane.lock().runner.take();
-    let mut draining = Draining {
-        runner,
-        inner,
-        lane,
-        batch: Batch::default(),
-    };
-    loop {
-        let job = draining.lane.lock().jobs.pop_front();
-        let Some(job) = job else { break };
-        let runner = draining
-            .runner
-            .get_or_insert_with(|| Runner::new(draining.inner.scheduling.budget_per_sec));
-        if let Some(until) = runner.throttled_until(&draining.lane.tenant) {
-            // What is gathered must not wait out the pause.
-            draining.inner.deliverer.publish(&mut draining.batch);
-            tokio::time::sleep_until(until.into()).await;
-        }
-        draining
-            .inner
-            .run(&draining.lane, runner, job, &mut draining.batch)
-            .await;
-        let slow = runner.slow;
-        let more = {
-            let mut state = draining.lane.lock();
-            state.slow = slow;
-            !state.jobs.is_empty()
-        };
-        // Messages that arrived together leave together, one write per subscriber.
-        if !more || draining.batch.is_full() {
-            draining.inner.deliverer.publish(&mut draining.batch);
-        }
-        if slow != on_slow {
-            // `Draining` hands the rest of the queue to a task on the right threads.
-            break;
-        }
-    }
-}
-
-/// Gives the lane back when its task ends — normally, or by panic or runtime shutdown — and starts
-/// another task if jobs arrived after the last look.
-struct Draining {
-    inner: Arc<Inner>,
-    lane: Arc<Lane>,
-    runner: Option<Runner>,
-    /// Deliveries not yet fanned out; they leave before the lane is given back.
-    batch: Batch,
-}
-
-impl Drop for Draining {
-    fn drop(&mut self) {
-        self.inner.deliverer.publish(&mut self.batch);
-        let mut state = self.lane.lock();
-        state.runner = self.runner.take();
-        state.idle_since = Instant::now();
-        if state.jobs.is_empty() {
-            state.running = false;
-            state.overflowing = false;
-        } else {
-            let slow = state.slow;
-            drop(state);
-            // Not during shutdown: the runtimes are going, and the jobs with them.
-            if tokio::runtime::Handle::try_current().is_ok() {
-                self.inner.threads.handle(slow).spawn(drain(
-                    self.inner.clone(),
-                    self.lane.clone(),
-                    slow,
-                ));
-            }
-        }
-    }
-}
-
-/// Drops the warm instances of tenants that have been quiet for [`WARM_FOR`], and forgets the lanes
-/// of tenants quiet for [`FORGET_AFTER`] with no session.
-async fn cool_down(inner: std::sync::Weak<Inner>) {
-    let mut tick = tokio::time::interval(WARM_FOR / 2);
-    loop {
-        tick.tick().await;
-        let Some(inner) = inner.upgrade() else { return };
-        // Looked at without the map's lock, so dispatching never waits on this sweep.
-        let lanes: Vec<Arc<Lane>> = inner
-            .lanes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        let now = Instant::now();
-        let mut quiet = Vec::new();
-        for lane in lanes {
-            let mut state = lane.lock();
-            if !state.running && now.duration_since(state.idle_since) >= WARM_FOR {
-                if let Some(runner) = state.runner.as_mut() {
-                    runner.cool();
-                }
-            }
-            if state.forgettable(now) {
-                quiet.push(lane.clone());
-            }
-        }
-        quiet.retain(|lane| inner.deliverer.hub.subscribers(&lane.tenant) == 0);
-        if quiet.is_empty() {
-            continue;
-        }
-        let mut lanes = inner.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        for lane in quiet {
-            let mut state = lane.lock();
-            // Checked again under the lock: a job may have come since.
-            if state.forgettable(now) {
-                state.forgotten = true;
-                lanes.remove(&lane.tenant);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn state(running: bool, jobs: usize, quiet_for: Duration) -> (LaneState, Instant) {
-        let idle_since = Instant::now();
-        let mut state = LaneState {
-            jobs: VecDeque::new(),
-            running,
-            runner: None,
-            overflowing: false,
-            slow: false,
-            idle_since,
-            forgotten: false,
-        };
-        for _ in 0..jobs {
-            let (reply, _) = oneshot::channel();
-            state.jobs.push_back(Job::Authorize {
-                topics: Vec::new(),
-                can_publish: false,
-                claims: String::new(),
-                reply,
-            });
-        }
-        (state, idle_since + quiet_for)
-    }
-
-    #[test]
-    fn only_quiet_idle_lanes_are_forgotten() {
-        let (s, now) = state(false, 0, FORGET_AFTER);
-        assert!(s.forgettable(now));
-        let (s, now) = state(false, 0, FORGET_AFTER / 2);
-        assert!(!s.forgettable(now), "not quiet long enough");
-        let (s, now) = state(true, 0, FORGET_AFTER);
-        assert!(!s.forgettable(now), "a task is running");
-        let (s, now) = state(false, 1, FORGET_AFTER);
-        assert!(!s.forgettable(now), "a job waits");
     }
 }

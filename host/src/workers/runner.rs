@@ -6,6 +6,7 @@
 //! (`deliver`).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,8 @@ pub(super) struct Runner {
     /// [`QUICK_AGAIN_AFTER`] quick calls came since.
     pub(super) slow: bool,
     quick_streak: u32,
+    /// Warm instances of all lanes together (see [`Warm`]).
+    warm: Arc<AtomicUsize>,
 }
 
 /// A guest call that produced nothing usable; its message follows the failure policy.
@@ -47,12 +50,13 @@ pub(super) struct Failed {
 }
 
 impl Runner {
-    pub(super) fn new(budget_per_sec: Duration) -> Self {
+    pub(super) fn new(budget_per_sec: Duration, warm: Arc<AtomicUsize>) -> Self {
         Runner {
             slot: None,
             budget: Budget::new(budget_per_sec),
             slow: false,
             quick_streak: 0,
+            warm,
         }
     }
 
@@ -107,7 +111,7 @@ impl Runner {
             match made {
                 Ok(instance) => {
                     if let Some(slot) = self.slot.as_mut() {
-                        slot.instance = Some(instance);
+                        slot.instance = Some(Warm::new(instance, &self.warm));
                     }
                 }
                 Err(failure) => return Err(self.fail(rules, tenant, failure)),
@@ -116,6 +120,7 @@ impl Runner {
         self.slot
             .as_mut()
             .and_then(|slot| slot.instance.as_mut())
+            .map(|warm| &mut warm.instance)
             .ok_or(Failed {
                 kind: "instantiate",
                 detail: "no instance".into(),
@@ -165,7 +170,7 @@ impl Runner {
         let printed = slot
             .instance
             .as_ref()
-            .map(GuestInstance::take_output)
+            .map(|warm| warm.instance.take_output())
             .unwrap_or_default();
         if failure.poisons_instance() {
             slot.instance = None;
@@ -287,17 +292,42 @@ async fn timed<F: Future>(future: F) -> (F::Output, Duration) {
     (output, spent)
 }
 
+/// A warm instance, counted in the workers' total for as long as it lives (the total is what
+/// [`Scheduling::max_warm`](super::Scheduling::max_warm) bounds).
+struct Warm {
+    instance: GuestInstance,
+    count: Arc<AtomicUsize>,
+}
+
+impl Warm {
+    fn new(instance: GuestInstance, count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Warm {
+            instance,
+            count: count.clone(),
+        }
+    }
+}
+
+impl Drop for Warm {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One tenant's guest as its lane sees it: the module, a warm instance, its failure record and its
 /// per-tenant series.
 struct GuestSlot {
     module: Arc<GuestModule>,
-    /// `None` after a failure that leaves the instance unusable, or after a quiet spell; rebuilt
-    /// on the next call.
-    instance: Option<GuestInstance>,
+    /// `None` after a failure that leaves the instance unusable, after a quiet spell, or when too
+    /// many lanes are warm; rebuilt on the next call.
+    instance: Option<Warm>,
     failures: u32,
     isolated_until: Option<Instant>,
-    /// `pgws_guest_calls_total{tenant, outcome}` for delivered, dropped, rejected.
-    outcomes: [metrics::Counter; 3],
+    /// `pgws_guest_calls_total{tenant, outcome}`, one series per outcome.
+    delivered: metrics::Counter,
+    dropped: metrics::Counter,
+    rejected: metrics::Counter,
     /// `pgws_guest_call_seconds{tenant}`.
     seconds: metrics::Histogram,
 }
@@ -306,11 +336,9 @@ impl GuestSlot {
     fn new(module: Arc<GuestModule>, tenant: &TenantId) -> Self {
         let outcome = |label: &'static str| metrics::counter!(m::GUEST_CALLS, "tenant" => tenant.to_string(), "outcome" => label);
         GuestSlot {
-            outcomes: [
-                outcome("delivered"),
-                outcome("dropped"),
-                outcome("rejected"),
-            ],
+            delivered: outcome("delivered"),
+            dropped: outcome("dropped"),
+            rejected: outcome("rejected"),
             seconds: metrics::histogram!(m::GUEST_CALL_SECONDS, "tenant" => tenant.to_string()),
             module,
             instance: None,
@@ -321,9 +349,9 @@ impl GuestSlot {
 
     fn count(&self, outcome: &Outcome) {
         let counter = match outcome {
-            Outcome::Deliver(_) => &self.outcomes[0],
-            Outcome::Dropped => &self.outcomes[1],
-            Outcome::Rejected(..) => &self.outcomes[2],
+            Outcome::Deliver(_) => &self.delivered,
+            Outcome::Dropped => &self.dropped,
+            Outcome::Rejected(..) => &self.rejected,
         };
         counter.increment(1);
     }
