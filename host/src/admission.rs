@@ -18,6 +18,15 @@ pub struct ConnectionLimits {
     pub per_tenant: usize,
 }
 
+impl From<&crate::config::LimitSettings> for ConnectionLimits {
+    fn from(s: &crate::config::LimitSettings) -> Self {
+        ConnectionLimits {
+            total: s.max_connections,
+            per_tenant: s.max_connections_per_tenant,
+        }
+    }
+}
+
 impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {

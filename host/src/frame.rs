@@ -9,25 +9,18 @@ use bytes::Bytes;
 use crate::envelope::{JsonBody, Topic};
 use crate::wire;
 
-/// How a session wants its messages framed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// How a session wants its messages framed. `--frame` picks `pgws` or `raw` for clients of pgws's
+/// protocol; a `pgws.v1` client always gets envelopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum FrameFormat {
-    /// `{"payload":<body>,"channel":"<channel>","id":"<uuid>"}`, the frame pgws sends (one id per
-    /// message, the same for every recipient).
+    /// {"payload": <body>, "channel": "<channel>", "id": "<uuid>"}: the frame pgws sends (one id
+    /// per message, the same for every recipient).
     Pgws,
     /// The JSON body alone.
     Raw,
     /// The `pgws.v1` envelope: `{"topic":<topic or null>,"seq":<n>,"data":<body>}`.
+    #[value(skip)]
     Envelope,
-}
-
-impl From<crate::config::FrameFormat> for FrameFormat {
-    fn from(f: crate::config::FrameFormat) -> Self {
-        match f {
-            crate::config::FrameFormat::Pgws => FrameFormat::Pgws,
-            crate::config::FrameFormat::Raw => FrameFormat::Raw,
-        }
-    }
 }
 
 /// Encodes a message for `format` as a whole WebSocket text frame. Done once per message and

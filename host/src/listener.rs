@@ -44,6 +44,19 @@ pub struct ListenerConfig {
     pub health_check: Duration,
 }
 
+impl ListenerConfig {
+    pub fn new(database_url: String, s: &crate::config::ListenerSettings) -> Self {
+        let (backoff_min, backoff_max) = s.backoff();
+        ListenerConfig {
+            database_url,
+            channels: s.channels.clone(),
+            backoff_min,
+            backoff_max,
+            health_check: s.health_check(),
+        }
+    }
+}
+
 /// Whether the listener is connected and LISTENing on every channel. Read by `/readyz`.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness(Arc<AtomicBool>);
@@ -112,14 +125,14 @@ pub async fn run(
         };
         readiness.set(false);
         match outcome {
-            Outcome::Listened(lost) => {
+            SessionEnd::Listened(lost) => {
                 outage = None;
                 connected_before = true;
                 backoff = config.backoff_min;
                 metrics::counter!(m::LISTENER_RECONNECTS).increment(1);
                 tracing::warn!(error = %lost, "lost the LISTEN connection; reconnecting");
             }
-            Outcome::Failed(e) => match &mut outage {
+            SessionEnd::Failed(e) => match &mut outage {
                 None => {
                     let now = Instant::now();
                     outage = Some((now, 1, now));
@@ -135,7 +148,7 @@ pub async fn run(
                     }
                 }
             },
-            Outcome::DownstreamGone => break,
+            SessionEnd::DownstreamGone => break,
         }
         let pause = tokio::time::sleep(backoff);
         tokio::pin!(pause);
@@ -157,7 +170,8 @@ pub async fn run(
     tracing::debug!("listener stopped");
 }
 
-enum Outcome {
+/// How one connection to Postgres ended.
+enum SessionEnd {
     /// Was LISTENing, then lost the connection.
     Listened(ConnectionLost),
     /// Never got as far as LISTENing.
@@ -186,10 +200,10 @@ async fn listen_once(
     commands: &mut mpsc::UnboundedReceiver<ListenCommand>,
     names: &mut ChannelNames,
     connected_before: bool,
-) -> Outcome {
+) -> SessionEnd {
     let mut pg: tokio_postgres::Config = match config.database_url.parse() {
         Ok(pg) => pg,
-        Err(e) => return Outcome::Failed(ConnectionLost::Config(e)),
+        Err(e) => return SessionEnd::Failed(ConnectionLost::Config(e)),
     };
     // Keepalives find a peer that vanished without a FIN; the liveness query below finds a server
     // that is up but no longer answering this backend.
@@ -199,7 +213,7 @@ async fn listen_once(
         .application_name("pgws-listener");
     let (client, mut connection) = match pg.connect(NoTls).await {
         Ok(pair) => pair,
-        Err(e) => return Outcome::Failed(ConnectionLost::Connect(e)),
+        Err(e) => return SessionEnd::Failed(ConnectionLost::Connect(e)),
     };
 
     // The connection must be polled for LISTEN to complete and for notifications to arrive at all, so
@@ -252,7 +266,7 @@ async fn listen_once(
     for channel in &config.channels {
         if let Err(e) = client.batch_execute(&listen_sql(channel)).await {
             drain.abort();
-            return Outcome::Failed(ConnectionLost::Listen(e));
+            return SessionEnd::Failed(ConnectionLost::Listen(e));
         }
     }
     // Channels subscribed by name. Commands queued meanwhile are applied after this, in order, so a
@@ -261,14 +275,14 @@ async fn listen_once(
     for channel in channels.all_wanted() {
         if let Err(e) = client.batch_execute(&listen_sql(&channel)).await {
             drain.abort();
-            return Outcome::Failed(ConnectionLost::Listen(e));
+            return SessionEnd::Failed(ConnectionLost::Listen(e));
         }
         listening.insert(channel);
     }
     readiness.set(true);
     tracing::info!(channels = ?config.channels, subscribed = listening.len(), "listening");
     if connected_before && events.send(vec![ListenerEvent::Gap]).await.is_err() {
-        return Outcome::DownstreamGone;
+        return SessionEnd::DownstreamGone;
     }
 
     let mut ticks = tokio::time::interval(config.health_check);
@@ -277,7 +291,7 @@ async fn listen_once(
         tokio::select! {
             ended = &mut lost_rx => match ended {
                 Ok(Some(lost)) => break lost,
-                Ok(None) | Err(_) => return Outcome::DownstreamGone,
+                Ok(None) | Err(_) => return SessionEnd::DownstreamGone,
             },
             _ = ticks.tick() => {
                 match tokio::time::timeout(config.health_check, client.simple_query("")).await {
@@ -287,7 +301,7 @@ async fn listen_once(
                 }
             }
             Some(command) = commands.recv() => {
-                if let Err(lost) = apply(&client, channels, &mut listening, command).await {
+                if let Err(lost) = run_command(&client, channels, &mut listening, command).await {
                     break lost;
                 }
             }
@@ -297,13 +311,13 @@ async fn listen_once(
     if let Ok(kept) = drain.await {
         *names = kept;
     }
-    Outcome::Listened(lost)
+    SessionEnd::Listened(lost)
 }
 
 /// Applies one subscription change on the live connection. A failed statement means the connection
 /// is gone; the channel stays wanted, so the reconnect takes care of it and the subscriber is told it
 /// is subscribed.
-async fn apply(
+async fn run_command(
     client: &tokio_postgres::Client,
     channels: &Channels,
     listening: &mut HashSet<Arc<str>>,

@@ -43,7 +43,8 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         // Per-tenant counters and histograms of tenants that went quiet are dropped after an hour
         // (a scrape sees a counter reset if the tenant comes back): tenant names come from NOTIFY
-        // payloads, so their series must not accumulate for ever. Gauges (connections) stay.
+        // payloads, so their series must not accumulate for ever. Gauges (connections) stay: a gauge
+        // of a tenant still connected must not vanish, and their tenants come from verified tokens.
         .idle_timeout(
             MetricKindMask::COUNTER | MetricKindMask::HISTOGRAM,
             Some(std::time::Duration::from_secs(3600)),

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::admission::{Admission, ConnectionLimits};
 use crate::auth::{Authenticator, IdentityRules, TokenRules};
 use crate::channels::{Channels, ListenLimits};
-use crate::config::Config;
+use crate::config::{Config, GuestSettings};
 use crate::deliver::Deliverer;
 use crate::dispatch;
 use crate::envelope::TenantId;
@@ -38,7 +38,7 @@ use crate::publisher::Publisher;
 use crate::session::SessionContext;
 use crate::socketio::{self, SocketIoContext};
 use crate::upgrade::Upgrades;
-use crate::workers::{FailureRules, Scheduling, Workers};
+use crate::workers::Workers;
 
 /// Event batches buffered between the LISTEN connection and the dispatcher (at most
 /// `listener::MAX_EVENT_BATCH` events each, so at most 65,536 events).
@@ -87,17 +87,9 @@ pub async fn run(
         );
     }
 
-    let auth = Authenticator::new(TokenRules {
-        secret: config.jwt_secret.clone(),
-        public_key: config.jwt_public_key.clone(),
-        jwks: config.jwt_jwks.clone(),
-        tenant_claim: config.jwt_tenant_claim.clone(),
-        audience: config.jwt_audience.clone(),
-        issuer: config.jwt_issuer.clone(),
-        leeway: Duration::from_secs(config.jwt_leeway_secs),
-    })
-    .context("loading the JWT keys")?
-    .map(Arc::new);
+    let auth = Authenticator::new(TokenRules::from(&config.tokens))
+        .context("loading the JWT keys")?
+        .map(Arc::new);
     match &auth {
         Some(auth) => crate::auth::watch_jwks(auth.clone(), shutdown.clone()),
         None if !config.insecure_tenant_param => tracing::warn!(
@@ -116,63 +108,39 @@ pub async fn run(
             .context("setting up the publish connection pool")?,
     );
 
-    let registry = load_guests(&config).await?;
-    if let Some(dir) = &config.guests {
+    let registry = load_guests(&config.guest).await?;
+    if let Some(dir) = &config.guest.guests {
         crate::guest::watch_dir(registry.clone(), dir.clone(), shutdown.clone())
             .with_context(|| format!("watching guest directory {}", dir.display()))?;
     }
 
     // A fan-out shard, and thread, per CPU.
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    let hub =
-        Arc::new(Hub::start(config.session_queue, cpus).context("starting the fan-out threads")?);
-    let admission = Arc::new(Admission::new(ConnectionLimits {
-        total: config.max_connections,
-        per_tenant: config.max_connections_per_tenant,
-    }));
+    let hub = Arc::new(
+        Hub::start(config.sessions.session_queue, cpus).context("starting the fan-out threads")?,
+    );
+    let admission = Arc::new(Admission::new(ConnectionLimits::from(&config.limits)));
     let readiness = Readiness::default();
     let (channels, listen_commands) = Channels::new(
-        &config.channels,
+        &config.listener.channels,
         config.inbound_channel(),
-        ListenLimits {
-            total: config.max_listen_channels,
-            per_tenant: config.max_listen_channels_per_tenant,
-        },
+        ListenLimits::from(&config.limits),
     );
     let channels = Arc::new(channels);
     let (events_tx, events_rx) = mpsc::channel(LISTENER_QUEUE);
-    let (backoff_min, backoff_max) = config.reconnect_backoff();
     let listener_task = tokio::spawn(listener::run(
-        ListenerConfig {
-            database_url,
-            channels: config.channels.clone(),
-            backoff_min,
-            backoff_max,
-            health_check: Duration::from_secs(config.health_check_secs.max(1)),
-        },
+        ListenerConfig::new(database_url, &config.listener),
         events_tx,
         readiness.clone(),
         channels.clone(),
         listen_commands,
         shutdown.clone(),
     ));
-    let connect_timeout = Duration::from_secs(config.socketio_connect_timeout_secs.max(1));
-    let (socketio_layer, io) =
-        socketio::layer(config.session_queue, config.ws_read_buffer, connect_timeout);
+    let (socketio_layer, io) = socketio::layer(&config.socketio, config.sessions.session_queue);
     let workers = Workers::start(
         registry.clone(),
         Deliverer { hub: hub.clone() },
-        FailureRules {
-            policy: config.guest_failure,
-            max_failures: config.guest_max_failures.max(1),
-            isolation: Duration::from_secs(config.guest_isolation_secs),
-        },
-        Scheduling {
-            threads: config.guest_threads(),
-            queue_per_tenant: config.guest_queue,
-            budget_per_sec: Duration::from_millis(config.guest_cpu_ms_per_sec),
-            max_warm: config.guest_max_warm,
-        },
+        &config.workers,
     )
     .context("starting guest threads")?;
     let dispatch_task = tokio::spawn(dispatch::run(
@@ -183,6 +151,7 @@ pub async fn run(
     ));
 
     let anonymous_tenant = config
+        .socketio
         .socketio_anonymous_tenant
         .as_deref()
         .map(TenantId::parse)
@@ -203,27 +172,27 @@ pub async fn run(
     };
     let socketio_rules = IdentityRules {
         anonymous_tenant,
-        anonymous_can_publish: config.socketio_test_pub,
+        anonymous_can_publish: config.socketio.socketio_test_pub,
         ..identity_rules.clone()
     };
     let handshakes = Arc::new(Handshakes::new(
         socketio_rules.clone(),
-        config.socketio_max_pending,
-        connect_timeout,
+        config.socketio.socketio_max_pending,
+        config.socketio.connect_timeout(),
     ));
     socketio::attach(
         &io,
         Arc::new(SocketIoContext {
             identity_rules: socketio_rules,
             admission: admission.clone(),
-            test_pub: config.socketio_test_pub,
-            max_channels: config.max_channels_per_socket,
+            test_pub: config.socketio.socketio_test_pub,
+            max_channels: config.socketio.max_channels_per_socket,
             channels: channels.clone(),
             hub: hub.clone(),
             workers: workers.clone(),
             publisher: publisher.clone(),
-            publish_rate: config.publish_rate,
-            publish_burst: config.publish_burst,
+            publish_rate: config.publish.publish_rate,
+            publish_burst: config.publish.publish_burst,
             shutdown: shutdown.clone(),
             handshakes: handshakes.clone(),
         }),
@@ -233,19 +202,15 @@ pub async fn run(
     let upgrades = Upgrades {
         hub,
         admission,
-        frame: config.frame.into(),
+        frame: config.sessions.frame,
         identity_rules,
-        max_topics: config.max_topics_per_session,
-        ctx: Arc::new(SessionContext {
+        max_topics: config.sessions.max_topics_per_session,
+        ctx: Arc::new(SessionContext::new(
             workers,
             publisher,
-            ping_interval: Duration::from_secs(config.ping_secs.max(1)),
-            publish_rate: config.publish_rate,
-            publish_burst: config.publish_burst,
-            max_topics: config.max_topics_per_session,
-            write_timeout: Duration::from_secs(config.write_timeout_secs.max(1)),
-            max_client_message: config.max_client_message,
-        }),
+            &config.sessions,
+            &config.publish,
+        )),
         shutdown: shutdown.clone(),
         sessions: sessions.clone(),
     };
@@ -274,7 +239,7 @@ pub async fn run(
         .route("/readyz", get(readyz))
         .with_state(state.clone())
         .merge(crate::upgrade::routes(upgrades));
-    let handshake_timeout = Duration::from_secs(config.handshake_timeout_secs.max(1));
+    let handshake_timeout = config.sessions.handshake_timeout();
     let operator_task = match config.admin_listen {
         None => {
             app = app.merge(operator);
@@ -306,7 +271,7 @@ pub async fn run(
         ));
 
     let addr = tcp.local_addr()?;
-    tracing::info!(%addr, channels = ?config.channels, "pgws serving");
+    tracing::info!(%addr, channels = ?config.listener.channels, "pgws serving");
     serve_http(tcp, app, handshake_timeout, shutdown.clone()).await;
     if let Some(task) = operator_task {
         let _ = task.await;
@@ -386,15 +351,10 @@ async fn serve_http(
 }
 
 /// Starts the WebAssembly runtime and loads the guest directory, if any, before anything listens.
-async fn load_guests(config: &Config) -> anyhow::Result<Arc<GuestRegistry>> {
-    let limits = GuestLimits {
-        timeout: config.guest_timeout(),
-        memory_bytes: (config.guest_memory_mb as usize).saturating_mul(1 << 20),
-        max_output: config.guest_max_output,
-        max_routes: config.guest_max_routes,
-    };
-    let cache = config.guest_cache.clone().or_else(default_cache_dir);
-    let dir = config.guests.clone();
+async fn load_guests(settings: &GuestSettings) -> anyhow::Result<Arc<GuestRegistry>> {
+    let limits = GuestLimits::from(settings);
+    let cache = settings.guest_cache.clone().or_else(default_cache_dir);
+    let dir = settings.guests.clone();
     tokio::task::spawn_blocking(move || {
         let runtime =
             GuestRuntime::new(limits, cache).context("starting the WebAssembly runtime")?;

@@ -18,6 +18,7 @@
 //! session receives (`hub`) or speak HTTP (`upgrade`, `socketio`).
 
 mod identity;
+mod keys;
 mod token;
 
 use std::sync::Arc;

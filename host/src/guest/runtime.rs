@@ -33,6 +33,17 @@ pub struct GuestLimits {
     pub max_routes: usize,
 }
 
+impl From<&crate::config::GuestSettings> for GuestLimits {
+    fn from(s: &crate::config::GuestSettings) -> Self {
+        GuestLimits {
+            timeout: s.timeout(),
+            memory_bytes: s.memory_bytes(),
+            max_output: s.guest_max_output,
+            max_routes: s.guest_max_routes,
+        }
+    }
+}
+
 impl Default for GuestLimits {
     fn default() -> Self {
         GuestLimits {

@@ -75,17 +75,16 @@ pub struct SocketIoContext {
 
 /// The socketioxide layer (mount it on the router) and the socket.io server. The namespace is
 /// attached later with [`attach`], once the workers exist. `queue_len` packets may wait
-/// for one socket; `read_buffer` is its WebSocket read buffer (small keeps idle sockets cheap);
-/// `connect_timeout` is how long an Engine.IO session may go without connecting to the namespace.
+/// for one socket (`--session-queue`); the WebSocket read buffer is small to keep idle sockets
+/// cheap; an Engine.IO session has `--socketio-connect-timeout-secs` to connect to the namespace.
 pub fn layer(
+    settings: &crate::config::SocketIoSettings,
     queue_len: usize,
-    read_buffer: usize,
-    connect_timeout: Duration,
 ) -> (SocketIoLayer, SocketIo) {
     let (layer, io) = SocketIo::builder()
         .max_buffer_size(queue_len.max(16))
-        .ws_read_buffer_size(read_buffer.max(256))
-        .connect_timeout(connect_timeout)
+        .ws_read_buffer_size(settings.ws_read_buffer.max(256))
+        .connect_timeout(settings.connect_timeout())
         .build_layer();
     (layer, io)
 }
@@ -221,7 +220,9 @@ enum Request {
     TestPub(Option<Value>),
 }
 
-/// Requests one socket may have waiting; past this a request is refused with `error`.
+/// Requests one socket may have waiting; past this a request is refused with `error`. Requests are
+/// answered one at a time, so a client that sends faster than it reads answers only grows this
+/// queue; 64 covers a client that (re)subscribes to dozens of channels at connect.
 const MAX_PENDING_REQUESTS: usize = 64;
 
 /// Registers the event handlers of an admitted socket.

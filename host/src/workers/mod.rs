@@ -62,6 +62,27 @@ pub struct Scheduling {
     pub max_warm: usize,
 }
 
+impl From<&crate::config::WorkerSettings> for FailureRules {
+    fn from(s: &crate::config::WorkerSettings) -> Self {
+        FailureRules {
+            policy: s.guest_failure,
+            max_failures: s.guest_max_failures.max(1),
+            isolation: Duration::from_secs(s.guest_isolation_secs),
+        }
+    }
+}
+
+impl From<&crate::config::WorkerSettings> for Scheduling {
+    fn from(s: &crate::config::WorkerSettings) -> Self {
+        Scheduling {
+            threads: s.threads(),
+            queue_per_tenant: s.guest_queue,
+            budget_per_sec: Duration::from_millis(s.guest_cpu_ms_per_sec),
+            max_warm: s.guest_max_warm,
+        }
+    }
+}
+
 /// How long a lane keeps its warm instance after its last job. Instances cost memory (a guest's
 /// linear memory, up to `--guest-memory-mb`); a tenant that went quiet gets a fresh one next time.
 const WARM_FOR: Duration = Duration::from_secs(60);
@@ -131,9 +152,10 @@ impl Workers {
     pub fn start(
         registry: Arc<GuestRegistry>,
         deliverer: Deliverer,
-        rules: FailureRules,
-        scheduling: Scheduling,
+        settings: &crate::config::WorkerSettings,
     ) -> std::io::Result<Workers> {
+        let rules = FailureRules::from(settings);
+        let scheduling = Scheduling::from(settings);
         let threads = GuestThreads::start(scheduling.threads)?;
         let inner = Arc::new(Inner {
             registry,

@@ -1,0 +1,328 @@
+//! Every setting of the server, from flags, environment and an optional TOML file, in one typed
+//! struct.
+//!
+//! Owns defaults, help texts, the one loader and validation of values. Precedence, highest first: a
+//! flag, its environment variable, the `--config` file, the default. It does not open sockets; `server`
+//! does that.
+
+mod sections;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::parser::ValueSource;
+use clap::{CommandFactory, Parser, ValueEnum};
+
+pub use sections::{
+    GuestSettings, LimitSettings, ListenerSettings, PublishSettings, SessionSettings,
+    SocketIoSettings, TokenSettings, WorkerSettings,
+};
+
+/// pgws: PostgreSQL NOTIFY → WebSocket fan-out for many tenants, with per-tenant WebAssembly guests.
+///
+/// Send `select pg_notify('pgwebsocket', 'acme,{"hello":1}')` and every WebSocket client of tenant
+/// `acme` connected to `/ws` receives it. Payloads are `<tenant>,<json>` or `<tenant>/<topic>,<json>`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "pgws", version, about, long_about)]
+pub struct Config {
+    /// TOML file of settings keyed by flag name, e.g. `listen = "0.0.0.0:8080"`,
+    /// `channel = ["a", "b"]`, `guest-timeout-ms = 50`. Flags and environment variables win over it;
+    /// an unknown key is an error.
+    #[arg(long, env = "PGWS_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// PostgreSQL connection string (URL or key=value form). Without one, pgws starts a private
+    /// development PostgreSQL from the locally installed server binaries (data kept under
+    /// ~/.local/share/pgws/postgres, or /var/lib/pgws/postgres as root; stopped when pgws exits) and
+    /// prints how to reach it with psql.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Address to serve HTTP and WebSocket on. The port is shared with SO_REUSEPORT, so several pgws
+    /// processes can serve one address.
+    #[arg(long, env = "PGWS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// DEVELOPMENT ONLY: let a client choose its tenant with `/ws?tenant=<name>`, with no proof.
+    /// Anyone can then read any tenant's messages. Off by default; a warning is logged when on.
+    #[arg(long, env = "PGWS_INSECURE_TENANT_PARAM")]
+    pub insecure_tenant_param: bool,
+
+    /// Token that guards the admin API (`/admin/guests`: list, upload, remove, roll back guests).
+    /// Without it the admin API is off.
+    #[arg(long, env = "PGWS_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Token that `/metrics` requires (`Authorization: Bearer <token>`). Metrics name every tenant;
+    /// without this (or --admin-listen) anyone who reaches the server can read them.
+    #[arg(long, env = "PGWS_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// Serve `/metrics` and `/admin/*` on this address only (e.g. 127.0.0.1:9090, or an internal
+    /// interface), not on --listen.
+    #[arg(long, env = "PGWS_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Most seconds a shutdown waits for sessions to close before exiting anyway.
+    #[arg(long, env = "PGWS_SHUTDOWN_SECS", default_value_t = 5)]
+    pub shutdown_secs: u64,
+
+    /// Log format.
+    #[arg(long, env = "PGWS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub tokens: TokenSettings,
+
+    #[command(flatten)]
+    pub listener: ListenerSettings,
+
+    #[command(flatten)]
+    pub guest: GuestSettings,
+
+    #[command(flatten)]
+    pub workers: WorkerSettings,
+
+    #[command(flatten)]
+    pub sessions: SessionSettings,
+
+    #[command(flatten)]
+    pub publish: PublishSettings,
+
+    #[command(flatten)]
+    pub socketio: SocketIoSettings,
+
+    #[command(flatten)]
+    pub limits: LimitSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailurePolicy {
+    /// Drop the message.
+    Closed,
+    /// Forward the message unchanged.
+    Open,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Bad flags, or `--help`/`--version`: let clap print it and exit.
+    #[error(transparent)]
+    Args(#[from] clap::Error),
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid TOML: {source}")]
+    Toml {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{path}: {message}")]
+    Setting { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Parses flags and environment, then fills every setting neither of them gave from the
+    /// `--config` file, if there is one.
+    pub fn load_from<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut argv: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let command = Config::command();
+        let matches = command.clone().try_get_matches_from(&argv)?;
+        let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
+            return Ok(Config::try_parse_from(argv)?);
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let table: toml::Table = text.parse().map_err(|source| ConfigError::Toml {
+            path: path.clone(),
+            source,
+        })?;
+        let setting = |message: String| ConfigError::Setting {
+            path: path.clone(),
+            message,
+        };
+        for (key, value) in table {
+            let name = key.replace('_', "-");
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(name.as_str()) && name != "config")
+                .ok_or_else(|| setting(format!("unknown setting `{key}`")))?;
+            let id = arg.get_id().as_str();
+            if matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            ) {
+                continue;
+            }
+            let flag = format!("--{name}");
+            let takes_values = arg.get_action().takes_values();
+            let scalar = |v: &toml::Value| match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                toml::Value::Integer(i) => Ok(i.to_string()),
+                toml::Value::Float(f) => Ok(f.to_string()),
+                toml::Value::Boolean(b) => Ok(b.to_string()),
+                other => Err(setting(format!("`{key}` cannot be {}", other.type_str()))),
+            };
+            match (&value, takes_values) {
+                (toml::Value::Boolean(on), false) => {
+                    if *on {
+                        argv.push(flag.into());
+                    }
+                }
+                (_, false) => return Err(setting(format!("`{key}` must be true or false"))),
+                (toml::Value::Array(items), true) => {
+                    for item in items {
+                        argv.push(flag.clone().into());
+                        argv.push(scalar(item)?.into());
+                    }
+                }
+                (v, true) => {
+                    argv.push(flag.into());
+                    argv.push(scalar(v)?.into());
+                }
+            }
+        }
+        Ok(Config::try_parse_from(argv)?)
+    }
+
+    /// The channel client publishes go to: `--inbound-channel`, else the first `--channel`.
+    pub fn inbound_channel(&self) -> &str {
+        self.publish
+            .inbound_channel
+            .as_deref()
+            .or(self.listener.channels.first().map(String::as_str))
+            .unwrap_or("pgwebsocket")
+    }
+
+    /// Checks what clap cannot: values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if self
+            .listener
+            .channels
+            .iter()
+            .any(|c| c.is_empty() || c.len() > 63)
+        {
+            return Err("--channel names must be 1 to 63 bytes long".into());
+        }
+        if self.sessions.session_queue == 0 {
+            return Err("--session-queue must be at least 1".into());
+        }
+        if !(self.publish.publish_rate > 0.0 && self.publish.publish_burst >= 1.0) {
+            return Err("--publish-rate must be positive and --publish-burst at least 1".into());
+        }
+        if self.guest.guest_timeout_ms == 0 {
+            return Err("--guest-timeout-ms must be at least 1".into());
+        }
+        if self.tokens.jwt_leeway_secs > 86_400 {
+            return Err("--jwt-leeway-secs must be at most 86400 (a day)".into());
+        }
+        if self.workers.guest_queue == 0 {
+            return Err("--guest-queue must be at least 1".into());
+        }
+        if self.workers.guest_cpu_ms_per_sec == 0 {
+            return Err("--guest-cpu-ms-per-sec must be at least 1".into());
+        }
+        if let Some(t) = &self.socketio.socketio_anonymous_tenant {
+            crate::envelope::TenantId::parse(t)
+                .map_err(|e| format!("--socketio-anonymous-tenant {t:?}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_repeated_channels() {
+        let c =
+            Config::try_parse_from(["pgws", "--channel", "a", "--channel", "b"]).expect("parses");
+        assert_eq!(c.listener.channels, ["a", "b"]);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.sessions.frame, crate::frame::FrameFormat::Pgws);
+        assert!(!c.insecure_tenant_param);
+        assert!(c.validate().is_ok());
+    }
+
+    /// Flags beat environment variables, which beat the file, which beats the defaults. The
+    /// environment variable is given to a child process running [`precedence_in_child`]: setting
+    /// it here would race every other test that reads the environment (clap reads all of them).
+    #[test]
+    fn precedence_flags_env_file_defaults() {
+        let dir = std::env::temp_dir().join(format!("pgws-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("pgws.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nshutdown_secs = 9\nguest-timeout-ms = 7\nchannel = [\"a\", \"b\"]\ninsecure-tenant-param = true\n",
+        )
+        .expect("write");
+        let child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "config::tests::precedence_in_child",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("PGWS_SHUTDOWN_SECS", "3")
+            .env("PGWS_TEST_CONFIG_FILE", &file)
+            .output()
+            .expect("runs the child");
+        let out = String::from_utf8_lossy(&child.stdout);
+        assert!(
+            child.status.success() && out.contains("1 passed"),
+            "{out}{}",
+            String::from_utf8_lossy(&child.stderr)
+        );
+
+        std::fs::write(&file, "no_such_setting = 1\n").expect("write");
+        let err = Config::load_from(["pgws", "--config", file.to_str().expect("utf-8")])
+            .expect_err("unknown key");
+        assert!(
+            err.to_string()
+                .contains("unknown setting `no_such_setting`"),
+            "{err}"
+        );
+        std::fs::write(&file, "guest-timeout-ms = \"soon\"\n").expect("write");
+        let err = Config::load_from(["pgws", "--config", file.to_str().expect("utf-8")])
+            .expect_err("bad value");
+        assert!(err.to_string().contains("--guest-timeout-ms"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    #[ignore = "run by precedence_flags_env_file_defaults, with PGWS_SHUTDOWN_SECS=3 set"]
+    fn precedence_in_child() {
+        let file = std::env::var("PGWS_TEST_CONFIG_FILE").expect("the parent names the file");
+        let c = Config::load_from(["pgws", "--config", &file, "--listen", "127.0.0.1:7000"])
+            .expect("loads");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7000", "flag beats file");
+        assert_eq!(c.shutdown_secs, 3, "environment beats file");
+        assert_eq!(c.guest.guest_timeout_ms, 7, "file beats default");
+        assert_eq!(c.listener.channels, ["a", "b"]);
+        assert!(c.insecure_tenant_param);
+        assert_eq!(c.sessions.ping_secs, 30, "default");
+    }
+
+    #[test]
+    fn verifies_clap_definition() {
+        use clap::CommandFactory;
+        Config::command().debug_assert();
+    }
+}

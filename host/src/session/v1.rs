@@ -1,0 +1,172 @@
+//! A `pgws.v1` session's side of the conversation: its subscriptions, its publish rate limit, and
+//! the answer to each client frame. A publish is checked here and then runs beside the session loop
+//! (the guest, then Postgres, each with its own time bound). It does not read or write the socket
+//! (`session`).
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::SessionContext;
+use crate::auth::Identity;
+use crate::envelope::{JsonBody, TenantId, Topic};
+use crate::hub::{Registration, TopicFilter};
+use crate::metrics as m;
+use crate::protocol::{self, ClientFrame};
+use crate::publisher::{PublishError, RateLimit};
+use crate::workers::ClientOutcome;
+
+/// What a `pgws.v1` session keeps between client frames.
+pub(super) struct V1State {
+    subscriptions: HashSet<Topic>,
+    limit: RateLimit,
+}
+
+/// The answer to a client frame: at once, or from a publish that runs beside the session loop.
+pub(super) enum Answer {
+    Now(String),
+    Later(Pin<Box<dyn Future<Output = String> + Send>>),
+}
+
+impl V1State {
+    pub(super) fn new(ctx: &SessionContext) -> Self {
+        V1State {
+            subscriptions: HashSet::new(),
+            limit: RateLimit::new(ctx.publish_rate, ctx.publish_burst),
+        }
+    }
+
+    /// Acts on one client frame. A publish is checked here (permissions, rate) and then runs
+    /// beside the session loop, owning what it needs.
+    pub(super) fn handle(
+        &mut self,
+        text: &str,
+        identity: &Identity,
+        registration: &Registration,
+        ctx: &Arc<SessionContext>,
+    ) -> Answer {
+        let frame = match ClientFrame::parse(text) {
+            Ok(f) => f,
+            Err(e) => {
+                let r = protocol::peek_ref(text);
+                return Answer::Now(protocol::error(e.code(), &e.to_string(), r.as_ref()));
+            }
+        };
+        match frame {
+            ClientFrame::Subscribe { topics, r#ref } => {
+                let refused: Vec<&str> = topics
+                    .iter()
+                    .filter(|t| !identity.allows(t))
+                    .map(Topic::as_str)
+                    .collect();
+                if !refused.is_empty() {
+                    let msg = format!("not allowed by your token: {}", refused.join(", "));
+                    return Answer::Now(protocol::error("forbidden_topic", &msg, r#ref.as_ref()));
+                }
+                let new = topics
+                    .iter()
+                    .filter(|t| !self.subscriptions.contains(*t))
+                    .count();
+                if self.subscriptions.len() + new > ctx.max_topics {
+                    metrics::counter!(m::LIMIT_REFUSALS, "limit" => "topics_per_session")
+                        .increment(1);
+                    let msg = format!("at most {} topics per connection", ctx.max_topics);
+                    return Answer::Now(protocol::error("too_many_topics", &msg, r#ref.as_ref()));
+                }
+                self.subscriptions.extend(topics.iter().cloned());
+                registration.set_filter(TopicFilter::Only(Arc::new(self.subscriptions.clone())));
+                Answer::Now(protocol::subscribed(&topics, r#ref.as_ref()))
+            }
+            ClientFrame::Unsubscribe { topics, r#ref } => {
+                for t in &topics {
+                    self.subscriptions.remove(t);
+                }
+                registration.set_filter(TopicFilter::Only(Arc::new(self.subscriptions.clone())));
+                Answer::Now(protocol::unsubscribed(&topics, r#ref.as_ref()))
+            }
+            ClientFrame::Publish { topic, data, r#ref } => {
+                match self.may_publish(topic.as_ref(), identity, ctx) {
+                    Ok(()) => {
+                        let publish = publish(ctx.clone(), identity.tenant.clone(), topic, data);
+                        Answer::Later(Box::pin(async move {
+                            answer_publish(publish.await, r#ref.as_ref())
+                        }))
+                    }
+                    Err(refusal) => Answer::Now(answer_publish(Err(refusal), r#ref.as_ref())),
+                }
+            }
+        }
+    }
+
+    /// Whether this session may publish to `topic` now; takes a token of its rate limit.
+    fn may_publish(
+        &mut self,
+        topic: Option<&Topic>,
+        identity: &Identity,
+        ctx: &SessionContext,
+    ) -> Result<(), (&'static str, String)> {
+        if !identity.can_publish {
+            return Err((
+                "read_only",
+                "your token does not allow publishing (mode \"r\")".into(),
+            ));
+        }
+        if !identity.may_publish_to(topic) {
+            return Err(match topic {
+                Some(t) => ("forbidden_topic", format!("not allowed by your token: {t}")),
+                None => (
+                    "forbidden_topic",
+                    "your token is limited to topics: publish to one of them".into(),
+                ),
+            });
+        }
+        if !self.limit.take() {
+            return Err((
+                "rate_limited",
+                format!("at most {} publishes per second", ctx.publish_rate),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A permitted publish: through the tenant's guest (bounded by the workers' answer time), then to
+/// Postgres (bounded by the publisher's timeouts).
+async fn publish(
+    ctx: Arc<SessionContext>,
+    tenant: TenantId,
+    topic: Option<Topic>,
+    data: JsonBody,
+) -> Result<(), (&'static str, String)> {
+    let body = match ctx
+        .workers
+        .client_message(&tenant, topic.clone(), data)
+        .await
+    {
+        ClientOutcome::Accept(body) => body,
+        ClientOutcome::Reject(reason) => return Err(("rejected", reason)),
+    };
+    ctx.publisher
+        .publish(&tenant, topic.as_ref(), &body)
+        .await
+        .map_err(|e| match e {
+            PublishError::TooLarge(_) => ("too_large", e.to_string()),
+            PublishError::Unavailable(_) => ("publish_failed", e.to_string()),
+        })
+}
+
+/// The frame that answers a publish, counted by outcome.
+fn answer_publish(outcome: Result<(), (&'static str, String)>, r#ref: Option<&Value>) -> String {
+    let label: &'static str = match &outcome {
+        Ok(()) => "published",
+        Err((code, _)) => code,
+    };
+    metrics::counter!(m::CLIENT_PUBLISHES, "outcome" => label).increment(1);
+    match outcome {
+        Ok(()) => protocol::published(r#ref),
+        Err((code, message)) => protocol::error(code, &message, r#ref),
+    }
+}
