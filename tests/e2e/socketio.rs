@@ -309,7 +309,7 @@ async fn tenants_never_cross_and_guests_run_once_per_tenant() -> anyhow::Result<
     a.subscribe("shared").await?;
     b.subscribe("shared").await?;
     let calls_before = server
-        .metric(
+        .metric_or_zero(
             "pgws_guest_calls_total",
             &[("tenant", "a"), ("outcome", "delivered")],
         )

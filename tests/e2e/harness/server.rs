@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,7 +16,12 @@ pub struct Server {
     database_url: String,
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
+    /// The server's own guest cache (unless the test named one), removed with it.
+    cache: Option<PathBuf>,
 }
+
+/// Every metric name pgws declares, to tell a series not recorded yet from a misspelt one.
+const DECLARED_METRICS: &str = include_str!("../../../host/src/metrics.rs");
 
 impl Server {
     /// Starts `pgws --database-url <url> --listen 127.0.0.1:0 <args>` and waits until it is ready.
@@ -32,7 +38,25 @@ impl Server {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Server> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pgws"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pgws"));
+        // Nothing from the developer's shell reaches the server: only what the test gives it.
+        for (key, _) in std::env::vars_os() {
+            if key.to_str().is_some_and(|k| k.starts_with("PGWS_")) {
+                command.env_remove(&key);
+            }
+        }
+        // A guest cache of its own, so no test sees what another compiled (or left half-written).
+        let cache = (!args.contains(&"--guest-cache")
+            && !env.iter().any(|(k, _)| *k == "PGWS_GUEST_CACHE"))
+        .then(|| {
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::env::temp_dir().join(format!("pgws-test-cache-{}-{n}", std::process::id()))
+        });
+        if let Some(dir) = &cache {
+            command.arg("--guest-cache").arg(dir);
+        }
+        let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env_remove("DATABASE_URL")
@@ -84,6 +108,7 @@ impl Server {
             database_url: database_url.to_owned(),
             child,
             log,
+            cache,
         };
         server.wait_ready(Duration::from_secs(30)).await?;
         Ok(server)
@@ -115,10 +140,33 @@ impl Server {
         super::http::get(self.addr, path, &[]).await
     }
 
-    /// The value of one Prometheus series (sum over series whose labels contain every `labels` pair).
+    /// The value of a Prometheus series (the sum over series whose labels contain every `labels`
+    /// pair). Fails when there is no such series: a renamed metric or label must not read as 0.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+        match self.series(name, labels).await? {
+            Some(value) => Ok(value),
+            None => bail!("no series {name}{labels:?} in /metrics"),
+        }
+    }
+
+    /// Like [`metric`](Self::metric), but 0 for a series pgws has not recorded yet (a counter
+    /// appears on its first increment). Fails for a name pgws does not declare.
+    pub async fn metric_or_zero(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+        let family = ["_count", "_sum", "_bucket"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        anyhow::ensure!(
+            DECLARED_METRICS.contains(&format!("\"{name}\""))
+                || DECLARED_METRICS.contains(&format!("\"{family}\"")),
+            "pgws declares no metric {name} (host/src/metrics.rs)"
+        );
+        Ok(self.series(name, labels).await?.unwrap_or(0.0))
+    }
+
+    async fn series(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<Option<f64>> {
         let (_, text) = self.get("/metrics").await?;
-        Ok(text
+        let values: Vec<f64> = text
             .lines()
             .filter(|l| !l.starts_with('#'))
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
@@ -128,7 +176,8 @@ impl Server {
                     .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
+            .collect();
+        Ok((!values.is_empty()).then(|| values.iter().sum()))
     }
 
     /// Waits until the series `name` (summed as [`metric`](Self::metric) does) reaches `at_least`.
@@ -141,7 +190,7 @@ impl Server {
     ) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         loop {
-            let value = self.metric(name, labels).await?;
+            let value = self.metric_or_zero(name, labels).await?;
             if value >= at_least {
                 return Ok(());
             }
@@ -236,5 +285,8 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.cache {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
