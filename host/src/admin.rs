@@ -72,7 +72,7 @@ async fn guard(State(admin): State<Admin>, request: Request, next: Next) -> Resp
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(crate::auth::bearer_token);
     match presented {
         Some(t) if same(t.as_bytes(), admin.token.as_bytes()) => next.run(request).await,
         _ => {
@@ -192,5 +192,105 @@ async fn channels_report(State(admin): State<Admin>) -> Response {
             Json(json!({ "subscribed": subscribed, "error": e })),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest::{GuestLimits, GuestRuntime};
+    use axum::body::Body;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    fn api() -> Router {
+        let limits = GuestLimits {
+            timeout: Duration::from_millis(100),
+            memory_bytes: 16 << 20,
+            max_output: 1 << 16,
+            max_routes: 8,
+        };
+        let registry = Arc::new(GuestRegistry::new(
+            GuestRuntime::new(limits, None).expect("runtime"),
+        ));
+        let (channels, _commands) =
+            Channels::new(&["pgwebsocket".into()], "pgwebsocket", Default::default());
+        routes(registry, Arc::new(channels), "admin-secret")
+    }
+
+    async fn call(
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+        body: &'static [u8],
+    ) -> (StatusCode, serde_json::Value) {
+        let mut request = axum::http::Request::builder().method(method).uri(path);
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let response = api()
+            .oneshot(request.body(Body::from(body)).expect("request"))
+            .await
+            .expect("response");
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same(b"admin-secret", b"admin-secret"));
+        assert!(!same(b"admin-secret", b"admin-secreT"));
+        assert!(!same(b"admin-secret", b"admin-secret2"));
+        assert!(!same(b"", b"x"));
+    }
+
+    /// The same `Authorization` rule as every other endpoint: the scheme in any case.
+    #[tokio::test]
+    async fn the_token_is_required_in_any_bearer_spelling() {
+        for (header, status) in [
+            (None, StatusCode::UNAUTHORIZED),
+            (Some("Bearer wrong"), StatusCode::UNAUTHORIZED),
+            (Some("admin-secret"), StatusCode::UNAUTHORIZED),
+            (Some("Basic admin-secret"), StatusCode::UNAUTHORIZED),
+            (Some("Bearer admin-secret"), StatusCode::OK),
+            (Some("bearer admin-secret"), StatusCode::OK),
+            (Some("BEARER  admin-secret "), StatusCode::OK),
+        ] {
+            let (got, _) = call("GET", "/admin/guests", header, b"").await;
+            assert_eq!(got, status, "{header:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_names_and_bad_modules_get_clear_errors() {
+        let auth = Some("Bearer admin-secret");
+        let (status, body) = call("PUT", "/admin/guests/bad%20name", auth, b"\0asm").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("neither a valid tenant name")),
+            "{body}"
+        );
+        let (status, body) = call("PUT", "/admin/guests/acme", auth, b"not wasm").await;
+        assert!(status.is_client_error(), "{status}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
+        let (status, body) = call("GET", "/admin/guests", auth, b"").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            !body.to_string().contains("acme"),
+            "a refused upload serves nothing: {body}"
+        );
+        let (status, _) = call("POST", "/admin/guests/acme/rollback", auth, b"").await;
+        assert!(
+            status.is_client_error(),
+            "nothing to roll back to: {status}"
+        );
     }
 }

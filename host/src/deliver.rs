@@ -195,3 +195,120 @@ impl Deliverer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notify(topic: Option<&str>, body: &str, audience: Audience) -> Notify {
+        Notify {
+            tenant: TenantId::parse("acme").expect("tenant"),
+            topic: topic.map(|t| Topic::parse(t).expect("topic")),
+            body: JsonBody::parse(body).expect("json"),
+            channel: Arc::from("pgwebsocket"),
+            received: Instant::now(),
+            audience,
+        }
+    }
+
+    /// (topic, body) as text.
+    type Shown = Vec<(Option<String>, String)>;
+
+    /// What an outcome delivers, as text; or its label and reason.
+    fn shown(outcome: Outcome) -> Result<Shown, (&'static str, String)> {
+        match outcome {
+            Outcome::Deliver(messages) => Ok(messages
+                .into_iter()
+                .map(|(t, b)| (t.map(|t| t.as_str().to_owned()), b.as_str().to_owned()))
+                .collect()),
+            Outcome::Dropped => Err(("dropped", String::new())),
+            Outcome::Rejected(reason, detail) => Err((reason, detail)),
+        }
+    }
+
+    #[test]
+    fn verdicts_become_checked_deliveries() {
+        let n = notify(Some("orders"), r#"{"a":1}"#, Audience::Sessions);
+        let orders = Some("orders".to_owned());
+        assert_eq!(
+            shown(apply(Verdict::Forward, &n)),
+            Ok(vec![(orders.clone(), r#"{"a":1}"#.to_owned())])
+        );
+        assert_eq!(
+            shown(apply(Verdict::Drop, &n)),
+            Err(("dropped", String::new()))
+        );
+        assert_eq!(
+            shown(apply(Verdict::Reject("no".into()), &n)),
+            Err(("guest_rejected", "no".into()))
+        );
+        assert_eq!(
+            shown(apply(Verdict::Replace(r#"{"b":2}"#.into()), &n)),
+            Ok(vec![(orders, r#"{"b":2}"#.to_owned())]),
+            "a replacement keeps the topic"
+        );
+        assert!(matches!(
+            shown(apply(Verdict::Replace("{oops".into()), &n)),
+            Err(("guest_invalid_output", _))
+        ));
+        assert_eq!(
+            shown(apply(
+                Verdict::Route(vec![("eu".into(), None), ("us".into(), Some("[1]".into()))]),
+                &n
+            )),
+            Ok(vec![
+                (Some("eu".into()), r#"{"a":1}"#.into()),
+                (Some("us".into()), "[1]".into())
+            ]),
+            "a route without a body carries the original"
+        );
+        assert!(matches!(
+            shown(apply(Verdict::Route(vec![("bad topic!".into(), None)]), &n)),
+            Err(("guest_invalid_output", detail)) if detail.contains("bad topic!")
+        ));
+        assert!(matches!(
+            shown(apply(
+                Verdict::Route(vec![("eu".into(), Some("{".into()))]),
+                &n
+            )),
+            Err(("guest_invalid_output", _))
+        ));
+    }
+
+    #[test]
+    fn sessions_get_consecutive_numbers_and_routes_to_sockets_name_channels() {
+        let hub = Arc::new(Hub::new(8));
+        let deliverer = Deliverer { hub };
+        let stream = TenantStream::new(&TenantId::parse("acme").expect("tenant"));
+        let mut batch = Batch::default();
+        let n = notify(None, "1", Audience::Sessions);
+        deliverer.finish(
+            &stream,
+            &n,
+            Outcome::Deliver(vec![n.original()]),
+            &mut batch,
+        );
+        deliverer.finish(&stream, &n, Outcome::Dropped, &mut batch);
+        deliverer.finish(&stream, &n, Outcome::Rejected("x", "y".into()), &mut batch);
+        deliverer.finish(
+            &stream,
+            &n,
+            Outcome::Deliver(vec![n.original()]),
+            &mut batch,
+        );
+        let seqs: Vec<u64> = batch.deliveries.iter().map(|d| d.seq).collect();
+        assert_eq!(seqs, [1, 2], "only deliveries take numbers");
+
+        let socket = notify(None, "2", Audience::SocketIo);
+        let routed = apply(Verdict::Route(vec![("alerts".into(), None)]), &socket);
+        deliverer.finish(&stream, &socket, routed, &mut batch);
+        let last = batch.deliveries.last().expect("delivery");
+        assert_eq!(
+            &*last.channel, "alerts",
+            "a route's topic is the socket.io channel"
+        );
+        assert_eq!(last.seq, 0, "socket.io events are not numbered");
+        deliverer.publish(&mut batch);
+        assert!(batch.deliveries.is_empty(), "published batches are emptied");
+    }
+}

@@ -109,3 +109,110 @@ fn preview(payload: &str) -> &str {
     }
     &payload[..end]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::Admission;
+    use crate::config::Config;
+    use crate::deliver::Deliverer;
+    use crate::envelope::TenantId;
+    use crate::frame::FrameFormat;
+    use crate::guest::{GuestLimits, GuestRegistry, GuestRuntime};
+    use crate::hub::{Hub, Registration, TopicFilter};
+    use clap::Parser;
+
+    /// Workers with no guest (every tenant delivered inline), a one-shard hub that fans out on the
+    /// caller's thread, and the default channel set.
+    fn pipeline() -> (Workers, Arc<Hub>, Channels) {
+        let config = Config::try_parse_from(["pgws"]).expect("defaults");
+        let runtime = GuestRuntime::new(GuestLimits::from(&config.guest), None).expect("runtime");
+        let hub = Arc::new(Hub::new(1_000));
+        let workers = Workers::start(
+            Arc::new(GuestRegistry::new(runtime)),
+            Deliverer { hub: hub.clone() },
+            &config.workers,
+        )
+        .expect("workers");
+        let (channels, _commands) =
+            Channels::new(&["pgwebsocket".into()], "pgwebsocket", Default::default());
+        (workers, hub, channels)
+    }
+
+    fn session(hub: &Arc<Hub>, tenant: &str, filter: TopicFilter) -> Registration {
+        let tenant = TenantId::parse(tenant).expect("tenant");
+        let ticket = Arc::new(Admission::default())
+            .admit(&tenant)
+            .expect("place");
+        hub.register(ticket, &tenant, FrameFormat::Raw, filter, None)
+    }
+
+    /// The bodies of the frames waiting in a (never attached) session's outbox.
+    fn received(session: &Registration) -> Vec<String> {
+        session
+            .outbox
+            .take_pending()
+            .iter()
+            .map(|f| String::from_utf8(f[2..].to_vec()).expect("text"))
+            .collect()
+    }
+
+    #[test]
+    fn each_payload_reaches_its_tenant_only_and_bad_ones_reach_no_one() {
+        let (workers, hub, channels) = pipeline();
+        let acme = session(&hub, "acme", TopicFilter::All);
+        let other = session(&hub, "other", TopicFilter::All);
+        let mut batch = Batch::default();
+        for payload in [
+            r#"acme,{"n":1}"#,
+            r#"other,{"n":2}"#,
+            "no comma at all",
+            r#"acme,{"broken"#,
+            r#"bad tenant!,{"n":9}"#,
+            r#"acme/orders,{"n":3}"#,
+        ] {
+            notification(
+                &workers,
+                &channels,
+                Arc::from("pgwebsocket"),
+                payload,
+                &mut batch,
+            );
+        }
+        workers.publish(&mut batch);
+        assert_eq!(received(&acme), [r#"{"n":1}"#, r#"{"n":3}"#]);
+        assert_eq!(received(&other), [r#"{"n":2}"#]);
+    }
+
+    #[test]
+    fn a_full_batch_leaves_before_the_next_notification_joins() {
+        let (workers, hub, channels) = pipeline();
+        let acme = session(&hub, "acme", TopicFilter::All);
+        let mut batch = Batch::default();
+        let mut sent = Vec::new();
+        for n in 0..600 {
+            let payload = format!(r#"acme,{{"n":{n}}}"#);
+            notification(
+                &workers,
+                &channels,
+                Arc::from("pgwebsocket"),
+                &payload,
+                &mut batch,
+            );
+            sent.push(format!(r#"{{"n":{n}}}"#));
+        }
+        assert!(!batch.is_full(), "batches are bounded");
+        workers.publish(&mut batch);
+        assert_eq!(received(&acme), sent, "all of them, in order");
+    }
+
+    #[test]
+    fn a_channel_nobody_subscribed_to_delivers_nothing() {
+        let (workers, hub, channels) = pipeline();
+        let acme = session(&hub, "acme", TopicFilter::All);
+        let mut batch = Batch::default();
+        notification(&workers, &channels, Arc::from("orders"), "{}", &mut batch);
+        workers.publish(&mut batch);
+        assert!(received(&acme).is_empty());
+    }
+}

@@ -144,3 +144,48 @@ impl RateLimit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acme() -> TenantId {
+        TenantId::parse("acme").expect("tenant")
+    }
+
+    #[test]
+    fn the_rate_limit_spends_its_burst_then_refuses() {
+        let mut limit = RateLimit::new(0.001, 3.0);
+        let taken: Vec<bool> = (0..5).map(|_| limit.take()).collect();
+        assert_eq!(taken, [true, true, true, false, false]);
+        // 1,000 a second: a token is back after a millisecond (slept for five).
+        let mut limit = RateLimit::new(1000.0, 1.0);
+        assert!(limit.take());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(limit.take(), "refilled at the sustained rate");
+    }
+
+    /// Size is checked before any connection is made; a database that cannot be reached is an
+    /// error the client is given, not a hang.
+    #[tokio::test]
+    async fn too_large_and_unreachable_are_told_apart() {
+        let publisher = Publisher::new("host=/nonexistent/pgws-test user=nobody", "inbound", 1)
+            .expect("a pool is made without connecting");
+        let big = JsonBody::string(&"x".repeat(MAX_PAYLOAD));
+        let topic = Topic::parse("orders").expect("topic");
+        assert!(matches!(
+            publisher.publish(&acme(), Some(&topic), &big).await,
+            Err(PublishError::TooLarge(n)) if n > MAX_PAYLOAD
+        ));
+        assert!(matches!(
+            publisher.notify("orders", &big).await,
+            Err(PublishError::TooLarge(_))
+        ));
+        let small = JsonBody::parse("{}").expect("json");
+        let result = publisher.publish(&acme(), None, &small).await;
+        assert!(
+            matches!(result, Err(PublishError::Unavailable(_))),
+            "{result:?}"
+        );
+    }
+}

@@ -295,3 +295,79 @@ async fn ws_handler(
     }
     Ok(response)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, v.parse().expect("header value"));
+        }
+        map
+    }
+
+    const GOOD: &[(&str, &str)] = &[
+        ("upgrade", "websocket"),
+        ("connection", "keep-alive, Upgrade"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+
+    #[test]
+    fn handshakes_are_checked_and_answered_as_rfc_6455_says() {
+        // The example of RFC 6455 §1.3.
+        assert_eq!(
+            handshake(&headers(GOOD)).map_err(|r| r.reason).as_deref(),
+            Ok("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        );
+        let without = |name: &str| {
+            let pairs: Vec<_> = GOOD.iter().copied().filter(|(k, _)| *k != name).collect();
+            handshake(&headers(&pairs)).map_err(|r| (r.status, r.reason))
+        };
+        assert_eq!(
+            without("upgrade"),
+            Err((StatusCode::UPGRADE_REQUIRED, "not_websocket"))
+        );
+        assert_eq!(
+            without("sec-websocket-version"),
+            Err((StatusCode::UPGRADE_REQUIRED, "websocket_version"))
+        );
+        assert_eq!(
+            without("sec-websocket-key"),
+            Err((StatusCode::BAD_REQUEST, "websocket_key"))
+        );
+        let mut old = GOOD.to_vec();
+        old[2] = ("sec-websocket-version", "8");
+        assert!(handshake(&headers(&old)).is_err(), "only version 13");
+    }
+
+    #[test]
+    fn credentials_come_from_query_subprotocol_or_header() {
+        let offered = offered_protocols(&headers(&[(
+            "sec-websocket-protocol",
+            "pgws.v1, bearer.from-protocol",
+        )]));
+        assert_eq!(offered, ["pgws.v1", "bearer.from-protocol"]);
+        let none = HashMap::new();
+        let query: HashMap<String, String> = [("token".to_owned(), "from-query".to_owned())].into();
+        let c = credentials(&HeaderMap::new(), &query, &offered);
+        assert_eq!(c.token.as_deref(), Some("from-query"), "the query wins");
+        let c = credentials(&HeaderMap::new(), &none, &offered);
+        assert_eq!(c.token.as_deref(), Some("from-protocol"));
+        let c = credentials(
+            &headers(&[("authorization", "bearer from-header")]),
+            &none,
+            &[],
+        );
+        assert_eq!(c.bearer(), Some("from-header"));
+    }
+
+    #[test]
+    fn topic_lists_are_checked_names() {
+        let topics = parse_topics("orders,eu/fr,,orders").expect("valid");
+        assert_eq!(topics.len(), 2);
+        assert!(parse_topics("orders,bad topic").is_err());
+    }
+}
