@@ -170,3 +170,180 @@ fn answer_publish(outcome: Result<(), (&'static str, String)>, r#ref: Option<&Va
         Err((code, message)) => protocol::error(code, &message, r#ref),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::Admission;
+    use crate::config::Config;
+    use crate::deliver::Deliverer;
+    use crate::envelope::TopicPattern;
+    use crate::frame::FrameFormat;
+    use crate::guest::{GuestLimits, GuestRegistry, GuestRuntime};
+    use crate::hub::Hub;
+    use crate::publisher::Publisher;
+    use crate::workers::Workers;
+    use clap::Parser;
+
+    /// A session's context with no guests, a database that cannot be reached, at most two topics
+    /// and one publish (then one every 1,000 s).
+    fn context() -> (Arc<SessionContext>, Registration) {
+        let config = Config::try_parse_from([
+            "pgws",
+            "--max-topics-per-session",
+            "2",
+            "--publish-burst",
+            "1",
+            "--publish-rate",
+            "0.001",
+        ])
+        .expect("config");
+        let runtime = GuestRuntime::new(GuestLimits::from(&config.guest), None).expect("runtime");
+        let hub = Arc::new(Hub::new(8));
+        let workers = Workers::start(
+            Arc::new(GuestRegistry::new(runtime)),
+            Deliverer { hub: hub.clone() },
+            &config.workers,
+        )
+        .expect("workers");
+        let publisher =
+            Publisher::new("host=/nonexistent/pgws-test user=nobody", "inbound", 1).expect("pool");
+        let ctx = SessionContext::new(
+            workers,
+            Arc::new(publisher),
+            &config.sessions,
+            &config.publish,
+        );
+        let tenant = TenantId::parse("acme").expect("tenant");
+        let ticket = Arc::new(Admission::default())
+            .admit(&tenant)
+            .expect("place");
+        let registration = hub.register(
+            ticket,
+            &tenant,
+            FrameFormat::Envelope,
+            TopicFilter::All,
+            None,
+        );
+        (Arc::new(ctx), registration)
+    }
+
+    fn identity(topics: &[&str], can_publish: bool) -> Identity {
+        let mut identity = Identity::insecure(TenantId::parse("acme").expect("tenant"));
+        identity.topics = topics
+            .iter()
+            .map(|t| TopicPattern::parse(t).expect("pattern"))
+            .collect();
+        identity.tenant_wide = false;
+        identity.can_publish = can_publish;
+        identity
+    }
+
+    async fn answer(
+        v1: &mut V1State,
+        frame: &str,
+        who: &Identity,
+        ctx: &(Arc<SessionContext>, Registration),
+    ) -> Value {
+        let text = match v1.handle(frame, who, &ctx.1, &ctx.0) {
+            Answer::Now(text) => text,
+            Answer::Later(answer) => answer.await,
+        };
+        serde_json::from_str(&text).expect("an answer is JSON")
+    }
+
+    #[tokio::test]
+    async fn subscriptions_are_granted_capped_and_answered() {
+        let ctx = context();
+        let mut v1 = V1State::new(&ctx.0);
+        let who = identity(&["orders", "eu/*"], false);
+        let reply = answer(
+            &mut v1,
+            r#"{"type":"subscribe","topics":["orders"],"ref":1}"#,
+            &who,
+            &ctx,
+        )
+        .await;
+        assert_eq!(
+            reply,
+            serde_json::json!({"type": "subscribed", "topics": ["orders"], "ref": 1})
+        );
+        let reply = answer(
+            &mut v1,
+            r#"{"type":"subscribe","topics":["billing"],"ref":2}"#,
+            &who,
+            &ctx,
+        )
+        .await;
+        assert_eq!(reply["code"], "forbidden_topic");
+        assert_eq!(reply["ref"], 2);
+        let reply = answer(
+            &mut v1,
+            r#"{"type":"subscribe","topics":["eu/fr","eu/de"]}"#,
+            &who,
+            &ctx,
+        )
+        .await;
+        assert_eq!(reply["code"], "too_many_topics", "{reply}");
+        let reply = answer(
+            &mut v1,
+            r#"{"type":"unsubscribe","topics":["orders"],"ref":"x"}"#,
+            &who,
+            &ctx,
+        )
+        .await;
+        assert_eq!(
+            reply,
+            serde_json::json!({"type": "unsubscribed", "topics": ["orders"], "ref": "x"})
+        );
+        let reply = answer(
+            &mut v1,
+            r#"{"type":"subscribe","topics":["eu/fr","eu/de"]}"#,
+            &who,
+            &ctx,
+        )
+        .await;
+        assert_eq!(
+            reply["type"], "subscribed",
+            "room again after the unsubscribe"
+        );
+        let reply = answer(&mut v1, r#"{"type":"dance","ref":7}"#, &who, &ctx).await;
+        assert_eq!(
+            (reply["code"].as_str(), reply["ref"].as_i64()),
+            (Some("bad_frame"), Some(7))
+        );
+    }
+
+    #[tokio::test]
+    async fn publishes_are_checked_limited_and_failures_named() {
+        let ctx = context();
+        let reader = identity(&["orders"], false);
+        let writer = identity(&["orders"], true);
+        let mut v1 = V1State::new(&ctx.0);
+        let publish = r#"{"type":"publish","topic":"orders","data":{"n":1},"ref":1}"#;
+        assert_eq!(
+            answer(&mut v1, publish, &reader, &ctx).await["code"],
+            "read_only"
+        );
+        let elsewhere = r#"{"type":"publish","topic":"billing","data":{}}"#;
+        assert_eq!(
+            answer(&mut v1, elsewhere, &writer, &ctx).await["code"],
+            "forbidden_topic"
+        );
+        let tenant_wide = r#"{"type":"publish","data":{}}"#;
+        assert_eq!(
+            answer(&mut v1, tenant_wide, &writer, &ctx).await["code"],
+            "forbidden_topic"
+        );
+        // The one publish of the burst reaches for the database, which is not there.
+        let reply = answer(&mut v1, publish, &writer, &ctx).await;
+        assert_eq!(
+            (reply["code"].as_str(), reply["ref"].as_i64()),
+            (Some("publish_failed"), Some(1))
+        );
+        assert_eq!(
+            answer(&mut v1, publish, &writer, &ctx).await["code"],
+            "rate_limited"
+        );
+    }
+}
