@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::envelope::{EnvelopeError, JsonBody, NameError, Topic};
+use crate::envelope::{JsonBody, NameError, Topic};
 
 /// The subprotocol name that selects this protocol.
 pub const SUBPROTOCOL: &str = "pgws.v1";
@@ -44,8 +44,6 @@ pub enum FrameError {
     BadFrame(String),
     #[error("invalid topic name {name:?}: {error}")]
     InvalidTopic { name: String, error: NameError },
-    #[error("`data` is not valid JSON: {0}")]
-    BadData(EnvelopeError),
 }
 
 impl FrameError {
@@ -53,7 +51,6 @@ impl FrameError {
         match self {
             FrameError::BadFrame(_) => "bad_frame",
             FrameError::InvalidTopic { .. } => "invalid_topic",
-            FrameError::BadData(_) => "bad_data",
         }
     }
 }
@@ -135,7 +132,10 @@ impl ClientFrame {
                 };
                 ClientFrame::Publish {
                     topic,
-                    data: JsonBody::parse(wire.data.get()).map_err(FrameError::BadData)?,
+                    // `data` parsed as part of the frame, so it is JSON: a frame with broken
+                    // `data` is a broken frame.
+                    data: JsonBody::parse(wire.data.get())
+                        .map_err(|e| FrameError::BadFrame(e.to_string()))?,
                     r#ref: wire.r#ref,
                 }
             }
