@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use pgws::config::{Config, ConfigError, LogFormat};
+use pgws::config::{Command, Config, ConfigCommand, ConfigError, LogFormat};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -13,6 +13,20 @@ async fn main() -> anyhow::Result<()> {
         Err(ConfigError::Args(e)) => e.exit(),
         Err(e) => return Err(e.into()),
     };
+    match &config.command {
+        None => {}
+        Some(Command::Token(request)) => {
+            config.validate().map_err(anyhow::Error::msg)?;
+            println!("{}", pgws::auth::mint(&config.tokens, request)?);
+            return Ok(());
+        }
+        Some(Command::Config(ConfigCommand::Check)) => {
+            config.validate().map_err(anyhow::Error::msg)?;
+            print!("{}", Config::effective(std::env::args_os())?);
+            eprintln!("configuration is valid");
+            return Ok(());
+        }
+    }
     init_logs(config.log_format);
     config.validate().map_err(anyhow::Error::msg)?;
 

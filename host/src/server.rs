@@ -234,6 +234,8 @@ pub async fn run(
         .route("/", get(demo_page))
         .route("/client/pgws-client.js", get(client_module))
         .route("/socket-test", get(socket_test_page))
+        // Where socketio_pg served its test page.
+        .route("/static/test.html", get(socket_test_page))
         .route("/static/socket.io.js", get(socketio_client))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

@@ -16,4 +16,5 @@ mod pipeline;
 mod quickstart;
 mod reliability;
 mod socketio;
+mod toolkit;
 mod triggers;

@@ -19,11 +19,13 @@
 
 mod identity;
 mod keys;
+mod mint;
 mod token;
 
 use std::sync::Arc;
 
 pub use identity::Identity;
+pub use mint::{mint, MintError};
 pub use token::{watch_jwks, AuthError, Authenticator, KeyError, TokenRules, MIN_SECRET_LEN};
 
 use crate::envelope::TenantId;

@@ -5,13 +5,13 @@
 //! flag, its environment variable, the `--config` file, the default. It does not open sockets; `server`
 //! does that.
 
+mod load;
 mod sections;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::parser::ValueSource;
-use clap::{CommandFactory, Parser, ValueEnum};
+use clap::{Parser, ValueEnum};
 
 pub use sections::{
     GuestSettings, LimitSettings, ListenerSettings, PublishSettings, SessionSettings,
@@ -39,7 +39,8 @@ pub struct Config {
     pub database_url: Option<String>,
 
     /// Address to serve HTTP and WebSocket on. The port is shared with SO_REUSEPORT, so several pgws
-    /// processes can serve one address.
+    /// processes can serve one address. Without it, a `PORT` variable (as Heroku and its successors
+    /// set) means `0.0.0.0:$PORT`.
     #[arg(long, env = "PGWS_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
@@ -71,6 +72,9 @@ pub struct Config {
     #[arg(long, env = "PGWS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     #[command(flatten)]
     pub tokens: TokenSettings,
 
@@ -94,6 +98,66 @@ pub struct Config {
 
     #[command(flatten)]
     pub limits: LimitSettings,
+}
+
+/// What to do instead of serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Print a client token signed with --jwt-secret, for development and tests, e.g.
+    /// `pgws --jwt-secret "$SECRET" token --tenant acme --topics orders --mode rw --ttl 1h`.
+    Token(TokenRequest),
+    /// Check the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Validate flags, environment and the --config file; print the effective configuration
+    /// (secrets masked) with where each value came from. Exits non-zero on any error.
+    Check,
+}
+
+/// The claims of a token `pgws token` signs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenRequest {
+    /// The tenant the token speaks for.
+    #[arg(long)]
+    pub tenant: String,
+    /// Topic patterns it may read (and publish to with --mode rw), comma-separated: `orders,eu/*`.
+    /// Without it: only messages without a topic.
+    #[arg(long, value_delimiter = ',')]
+    pub topics: Vec<String>,
+    /// socket.io channel patterns it may subscribe to, comma-separated. Without it: none.
+    #[arg(long, value_delimiter = ',')]
+    pub channels: Vec<String>,
+    /// `r` to receive only, `rw` to publish too.
+    #[arg(long, default_value = "r", value_parser = ["r", "rw"])]
+    pub mode: String,
+    /// How long it is valid: seconds, or a number with s, m, h or d (`90s`, `30m`, `1h`, `7d`).
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    pub ttl: std::time::Duration,
+    /// The `sub` claim (who the client is, for guests and logs).
+    #[arg(long)]
+    pub sub: Option<String>,
+}
+
+fn parse_ttl(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 1h or 7d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{text:?}: the unit is s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -128,78 +192,11 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Setting { path: PathBuf, message: String },
+    #[error("PORT={0:?} is not a port number")]
+    Port(String),
 }
 
 impl Config {
-    /// Parses flags and environment, then fills every setting neither of them gave from the
-    /// `--config` file, if there is one.
-    pub fn load_from<I, T>(args: I) -> Result<Config, ConfigError>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        let mut argv: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
-        let command = Config::command();
-        let matches = command.clone().try_get_matches_from(&argv)?;
-        let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
-            return Ok(Config::try_parse_from(argv)?);
-        };
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let table: toml::Table = text.parse().map_err(|source| ConfigError::Toml {
-            path: path.clone(),
-            source,
-        })?;
-        let setting = |message: String| ConfigError::Setting {
-            path: path.clone(),
-            message,
-        };
-        for (key, value) in table {
-            let name = key.replace('_', "-");
-            let arg = command
-                .get_arguments()
-                .find(|a| a.get_long() == Some(name.as_str()) && name != "config")
-                .ok_or_else(|| setting(format!("unknown setting `{key}`")))?;
-            let id = arg.get_id().as_str();
-            if matches!(
-                matches.value_source(id),
-                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-            ) {
-                continue;
-            }
-            let flag = format!("--{name}");
-            let takes_values = arg.get_action().takes_values();
-            let scalar = |v: &toml::Value| match v {
-                toml::Value::String(s) => Ok(s.clone()),
-                toml::Value::Integer(i) => Ok(i.to_string()),
-                toml::Value::Float(f) => Ok(f.to_string()),
-                toml::Value::Boolean(b) => Ok(b.to_string()),
-                other => Err(setting(format!("`{key}` cannot be {}", other.type_str()))),
-            };
-            match (&value, takes_values) {
-                (toml::Value::Boolean(on), false) => {
-                    if *on {
-                        argv.push(flag.into());
-                    }
-                }
-                (_, false) => return Err(setting(format!("`{key}` must be true or false"))),
-                (toml::Value::Array(items), true) => {
-                    for item in items {
-                        argv.push(flag.clone().into());
-                        argv.push(scalar(item)?.into());
-                    }
-                }
-                (v, true) => {
-                    argv.push(flag.into());
-                    argv.push(scalar(v)?.into());
-                }
-            }
-        }
-        Ok(Config::try_parse_from(argv)?)
-    }
-
     /// The channel client publishes go to: `--inbound-channel`, else the first `--channel`.
     pub fn inbound_channel(&self) -> &str {
         self.publish

@@ -1,0 +1,208 @@
+//! The binary's helpers for developers and operators: `pgws token`, `pgws config check`, `PORT`, and
+//! socketio_pg's test page URL.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{notify, spawn_app, Client, PgCluster, PATIENCE};
+
+const SECRET: &str = "toolkit-secret-of-at-least-32-bytes";
+
+/// `pgws <args>` with nothing from the developer's environment.
+fn pgws(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pgws"));
+    for (key, _) in std::env::vars_os() {
+        let key_text = key.to_string_lossy();
+        if key_text.starts_with("PGWS_") || key_text == "DATABASE_URL" || key_text == "PORT" {
+            command.env_remove(&key);
+        }
+    }
+    command
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("pgws runs")
+}
+
+fn token(secret: &str, args: &[&str]) -> String {
+    let mut argv = vec!["--jwt-secret", secret, "token"];
+    argv.extend_from_slice(args);
+    let out = pgws(&argv, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+/// A token from `pgws token` connects with exactly the grants asked for; one signed with another
+/// key is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn pgws_token_makes_tokens_the_server_accepts() -> anyhow::Result<()> {
+    let (server, sql) = spawn_app(&["--jwt-secret", SECRET]).await?;
+    let good = token(
+        SECRET,
+        &["--tenant", "acme", "--topics", "orders", "--mode", "rw"],
+    );
+    let proto = format!("bearer.{good}");
+    let mut client = Client::connect_with(&server.ws_url(""), &["pgws.v1", &proto], &[]).await?;
+    let welcome = client.recv_json().await?;
+    assert_eq!(
+        welcome,
+        json!({"type": "welcome", "tenant": "acme", "topics": ["orders"], "mode": "rw"})
+    );
+    client
+        .request(json!({"type": "subscribe", "topics": ["orders"]}))
+        .await?;
+    notify(&sql, r#"acme/orders,{"n":1}"#).await?;
+    let message = client.recv_json().await?;
+    assert_eq!(message["data"], json!({"n": 1}));
+
+    let forged = token(
+        "another-secret-that-is-long-enough-too",
+        &["--tenant", "acme"],
+    );
+    let refused = Client::connect(&server.ws_url(&format!("?token={forged}")))
+        .await
+        .err()
+        .expect("refused");
+    assert!(refused.to_string().contains("HTTP 401"), "{refused}");
+
+    let out = pgws(&["token", "--tenant", "acme"], &[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--jwt-secret"),
+        "says what it needs"
+    );
+    Ok(())
+}
+
+/// `pgws config check` prints the effective settings with their sources and secrets masked, and
+/// exits non-zero naming the key of an unknown setting or a bad value.
+#[test]
+fn config_check_names_what_is_wrong() {
+    let dir = std::env::temp_dir().join(format!("pgws-config-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("pgws.toml");
+    let path = file.to_str().expect("utf-8");
+
+    std::fs::write(
+        &file,
+        "guest-timeout-ms = 50\nadmin-token = \"hunter2-hunter2\"\nchannel = [\"a\", \"b\"]\n",
+    )
+    .expect("write");
+    let out = pgws(
+        &["--config", path, "--ping-secs", "7", "config", "check"],
+        &[("PGWS_SESSION_QUEUE", "99")],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "guest-timeout-ms = 50  # file",
+        "admin-token = \"********\"  # file",
+        "channel = [\"a\", \"b\"]  # file",
+        "ping-secs = 7  # flag",
+        "session-queue = 99  # environment",
+        "guest-memory-mb = 64  # default",
+        "# metrics-token: not set",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "no {line:?} in:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("hunter2"), "secrets stay masked");
+
+    for (text, named) in [
+        ("no_such_setting = 1\n", "unknown setting `no_such_setting`"),
+        ("guest-timeout-ms = \"soon\"\n", "--guest-timeout-ms"),
+        (
+            "insecure-tenant-param = 3\n",
+            "`insecure-tenant-param` must be true or false",
+        ),
+    ] {
+        std::fs::write(&file, text).expect("write");
+        let out = pgws(&["--config", path, "config", "check"], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{text}: {stderr}");
+        assert!(stderr.contains(named), "{text}: {stderr}");
+    }
+    let out = pgws(&["config", "check"], &[("PORT", "9999")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == "listen = \"0.0.0.0:9999\"  # PORT"),
+        "{stdout}"
+    );
+    let out = pgws(
+        &["--listen", "127.0.0.1:1", "config", "check"],
+        &[("PORT", "9999")],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == "listen = \"127.0.0.1:1\"  # flag"),
+        "a listen address beats PORT: {stdout}"
+    );
+    let out = pgws(&["config", "check"], &[("PORT", "eighty")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PORT=\"eighty\" is not a port number"));
+    let out = pgws(&["--session-queue", "0", "config", "check"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--session-queue"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Where socketio_pg was deployed: `PORT` without a listen address serves on 0.0.0.0:$PORT, and
+/// its test page is at /static/test.html.
+#[tokio::test(flavor = "multi_thread")]
+async fn port_variable_and_the_socketio_pg_test_page() -> anyhow::Result<()> {
+    let url = PgCluster::shared().fresh_database().await?;
+    let port = std::net::TcpListener::bind("0.0.0.0:0")?
+        .local_addr()?
+        .port();
+    let port_text = port.to_string();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pgws"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PGWS_") {
+            command.env_remove(&key);
+        }
+    }
+    let mut child = command
+        .args(["--database-url", &url])
+        .env("PORT", &port_text)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let served = loop {
+        match crate::harness::http::get(addr, "/static/test.html", &[]).await {
+            Ok(reply) => break reply,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => {
+                let _ = child.kill();
+                return Err(e);
+            }
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(served.0, 200);
+    assert!(served.1.contains("socket.io"), "{}", served.1);
+    Ok(())
+}
