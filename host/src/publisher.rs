@@ -89,26 +89,52 @@ impl Publisher {
     }
 
     async fn send(&self, channel: &str, payload: &str) -> Result<(), PublishError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+        let client = self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+                PublishError::Unavailable(format!(
+                    "every publish connection stayed busy for {PUBLISH_TIMEOUT:?}"
+                ))
+            }
+            e => PublishError::Unavailable(e.to_string()),
+        })?;
+        let query = InFlight(Some(client));
+        let Some(client) = query.0.as_ref() else {
+            return Err(PublishError::Unavailable("no connection".into()));
+        };
         let notify = async {
             let statement = client.prepare_cached("select pg_notify($1, $2)").await?;
             client.execute(&statement, &[&channel, &payload]).await
         };
-        match tokio::time::timeout(PUBLISH_TIMEOUT, notify).await {
+        let result = match tokio::time::timeout(PUBLISH_TIMEOUT, notify).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(PublishError::Unavailable(e.to_string())),
             Err(_) => {
-                // Cut off mid-query: the connection's state is unknown, so it leaves the pool
-                // instead of going back to it.
-                drop(deadpool_postgres::Object::take(client));
-                Err(PublishError::Unavailable(format!(
-                    "no answer within {PUBLISH_TIMEOUT:?}"
+                return Err(PublishError::Unavailable(format!(
+                    "no answer within {PUBLISH_TIMEOUT:?}; the message may still have been sent"
                 )))
             }
+        };
+        query.finished();
+        result
+    }
+}
+
+/// A pooled connection with a statement on it. Unless the statement finished, the connection's
+/// state is unknown — cut off by the timeout, or its publish abandoned by a closing session — so it
+/// leaves the pool instead of going back to it.
+struct InFlight(Option<deadpool_postgres::Object>);
+
+impl InFlight {
+    /// The statement finished: the connection goes back to the pool as usual.
+    fn finished(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(object) = self.0.take() {
+            drop(deadpool_postgres::Object::take(object));
         }
     }
 }

@@ -97,11 +97,13 @@ impl Channels {
         inbound: &str,
         limits: ListenLimits,
     ) -> (Channels, mpsc::UnboundedReceiver<ListenCommand>) {
-        // Unbounded because an UNLISTEN is queued from `Drop` (a departing socket cannot wait), but
-        // bounded in practice: a command is queued only when a channel's count goes 0 → 1 or 1 → 0,
-        // and a socket handles one request at a time and waits for its LISTEN's answer — so at
-        // most about two commands per socket (itself capped by --max-connections) and one per
-        // waiting `/admin/channels` request.
+        // Unbounded because an UNLISTEN is queued from `Drop` (a departing socket cannot wait).
+        // What bounds it: an UNLISTEN is queued only when a channel's count goes 1 → 0; a socket
+        // handles one request at a time and waits for its LISTEN's answer, so each socket (capped
+        // by --max-connections) has at most one LISTEN queued, as each `/admin/channels` request
+        // has one report. While the listener is reconnecting nothing is drained: sockets that
+        // leave meanwhile leave their LISTEN behind, so the queue grows with the sockets that
+        // come and go during an outage, and empties once Postgres is back.
         let (commands, rx) = mpsc::unbounded_channel();
         let envelope: HashSet<String> = envelope.iter().cloned().collect();
         let mut reserved = envelope.clone();

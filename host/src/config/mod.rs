@@ -270,7 +270,14 @@ mod tests {
             "listen = \"127.0.0.1:9000\"\nshutdown_secs = 9\nguest-timeout-ms = 7\nchannel = [\"a\", \"b\"]\ninsecure-tenant-param = true\n",
         )
         .expect("write");
-        let child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        let mut command = std::process::Command::new(std::env::current_exe().expect("test binary"));
+        // Only the variable under test: none of the developer's PGWS_* settings.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("PGWS_") || key == "PORT" {
+                command.env_remove(key);
+            }
+        }
+        let child = command
             .args([
                 "--exact",
                 "config::tests::precedence_in_child",

@@ -163,12 +163,16 @@ impl Session {
             .serve(&self.registration, identity, &ctx, &shutdown)
             .await;
         count(identity, ending);
+        // A publish still in progress when the session ends is abandoned unanswered: the close
+        // frame says why, and the NOTIFY may or may not have been sent.
+        if client.pending.take().is_some() {
+            metrics::counter!(m::CLIENT_PUBLISHES, "outcome" => "abandoned").increment(1);
+        }
         // Over for the hub and the connection count before the close frame has to leave: behind
         // a full socket that may take its whole timeout.
         self.registration.leave();
         if ending.says_why() {
             // Boxed: only a closing session needs its state.
-            // A publish still in progress is abandoned: its answer could not be sent anyway.
             let outbox = client.outbox;
             drop(client);
             Box::pin(Client::finish(outbox)).await;

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::runner::Runner;
 use super::{Inner, Job, FORGET_AFTER, WARM_FOR};
@@ -91,6 +91,11 @@ pub(super) async fn drain(inner: Arc<Inner>, lane: Arc<Lane>, on_slow: bool) {
             .inner
             .run(&draining.lane, runner, job, &mut draining.batch)
             .await;
+        // Over the cap on warm instances, a running lane keeps none between calls; the sweep
+        // cools the longest-idle ones until the count is back under it.
+        if draining.inner.warm.load(Ordering::Relaxed) > draining.inner.scheduling.max_warm {
+            runner.cool();
+        }
         let slow = runner.slow;
         let more = {
             let mut state = draining.lane.lock();
@@ -121,13 +126,6 @@ struct Draining {
 impl Drop for Draining {
     fn drop(&mut self) {
         self.inner.deliverer.publish(&mut self.batch);
-        // Past the cap on warm instances, a lane that ran keeps none: the tenants already warm
-        // stay warm, the rest instantiate per run until the quiet ones have cooled.
-        if self.inner.warm.load(Ordering::Relaxed) > self.inner.scheduling.max_warm {
-            if let Some(runner) = self.runner.as_mut() {
-                runner.cool();
-            }
-        }
         let mut state = self.lane.lock();
         state.runner = self.runner.take();
         state.idle_since = Instant::now();
@@ -149,10 +147,14 @@ impl Drop for Draining {
     }
 }
 
-/// Drops the warm instances of tenants that have been quiet for [`WARM_FOR`], and forgets the lanes
-/// of tenants quiet for [`FORGET_AFTER`] with no session.
+/// How often the sweep looks at the lanes: how long the warm count may stay over its cap.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Drops the warm instances of tenants that have been quiet for [`WARM_FOR`] — and, while more
+/// than `--guest-max-warm` are warm, those of the longest-idle tenants first — and forgets the
+/// lanes of tenants quiet for [`FORGET_AFTER`] with no session.
 pub(super) async fn cool_down(inner: std::sync::Weak<Inner>) {
-    let mut tick = tokio::time::interval(WARM_FOR / 2);
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
@@ -166,22 +168,41 @@ pub(super) async fn cool_down(inner: std::sync::Weak<Inner>) {
             .collect();
         let now = Instant::now();
         let mut quiet = Vec::new();
+        let mut warm_idle = Vec::new();
         for lane in lanes {
             let mut state = lane.lock();
-            if !state.running && now.duration_since(state.idle_since) >= WARM_FOR {
-                if let Some(runner) = state.runner.as_mut() {
+            let idle = !state.running;
+            let idle_since = state.idle_since;
+            if let Some(runner) = state.runner.as_mut() {
+                if idle && now.duration_since(idle_since) >= WARM_FOR {
                     runner.cool();
+                } else if idle && runner.is_warm() {
+                    warm_idle.push((idle_since, lane.clone()));
                 }
             }
             if state.forgettable(now) {
                 quiet.push(lane.clone());
             }
         }
+        let over = inner
+            .warm
+            .load(Ordering::Relaxed)
+            .saturating_sub(inner.scheduling.max_warm);
+        if over > 0 {
+            warm_idle.sort_by_key(|(idle_since, _)| *idle_since);
+            for (_, lane) in warm_idle.into_iter().take(over) {
+                let mut state = lane.lock();
+                if !state.running {
+                    if let Some(runner) = state.runner.as_mut() {
+                        runner.cool();
+                    }
+                }
+            }
+        }
         quiet.retain(|lane| inner.deliverer.hub.subscribers(&lane.tenant) == 0);
         if quiet.is_empty() {
             continue;
         }
-        inner.lanes_full.store(false, Ordering::Relaxed);
         let mut lanes = inner.lanes.lock().unwrap_or_else(|e| e.into_inner());
         for lane in quiet {
             let mut state = lane.lock();
@@ -189,6 +210,7 @@ pub(super) async fn cool_down(inner: std::sync::Weak<Inner>) {
             if state.forgettable(now) {
                 state.forgotten = true;
                 lanes.remove(&lane.tenant);
+                inner.lanes_full.store(false, Ordering::Relaxed);
             }
         }
     }
@@ -197,7 +219,6 @@ pub(super) async fn cool_down(inner: std::sync::Weak<Inner>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use tokio::sync::oneshot;
 
     fn state(running: bool, jobs: usize, quiet_for: Duration) -> (LaneState, Instant) {

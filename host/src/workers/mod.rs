@@ -57,8 +57,8 @@ pub struct Scheduling {
     pub queue_per_tenant: usize,
     /// Guest time one tenant may use per second before it is throttled.
     pub budget_per_sec: Duration,
-    /// Warm instances kept, all tenants together; past it a lane gives its instance up after
-    /// each run.
+    /// Warm instances kept between calls, all tenants together: past it, running lanes give
+    /// theirs up after each call and the sweep cools the longest-idle ones.
     pub max_warm: usize,
 }
 
@@ -92,9 +92,11 @@ const WARM_FOR: Duration = Duration::from_secs(60);
 /// which only matters to sessions of the tenant, and a lane with sessions is kept).
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
-/// Most tenants with a lane at once. A lane is small (a few hundred bytes and its bounded queue),
-/// but tenants are named by NOTIFY payloads: this caps what a flood of made-up names can hold for
-/// the [`FORGET_AFTER`] it takes to forget them, at a count no real deployment of one process nears.
+/// Most lanes of tenants nobody is connected for. A lane is small (a few hundred bytes and its
+/// bounded queue), but tenants are named by NOTIFY payloads: this caps what a flood of made-up names
+/// can hold for the [`FORGET_AFTER`] it takes to forget them. Past it, a notification of a tenant
+/// with no lane and no subscriber is dropped (it would reach no one) — a tenant with a connection,
+/// and a connection's own requests, always get their lane (connections are capped themselves).
 const MAX_LANES: usize = 100_000;
 
 /// Longest a session waits for its tenant's guest to answer a publish or a connect (its request may
@@ -181,7 +183,7 @@ impl Workers {
     pub fn dispatch(&self, n: Notify, batch: &mut Batch) {
         if matches!(self.inner.registry.lookup(&n.tenant), Lookup::None) {
             loop {
-                let Some(lane) = self.inner.lane(&n.tenant) else {
+                let Some(lane) = self.inner.lane(&n.tenant, true) else {
                     self.inner.no_lane(Job::Notify(n));
                     return;
                 };
@@ -267,18 +269,19 @@ impl Workers {
 const NOT_LOADED: &str = "the tenant's guest is not loaded (its file was refused)";
 
 impl Inner {
-    /// The tenant's lane, made if it has none; `None` when [`MAX_LANES`] tenants have one.
-    fn lane(&self, tenant: &TenantId) -> Option<Arc<Lane>> {
+    /// The tenant's lane, made if it has none; `None` for a notification (`for_notify`) of a
+    /// tenant without subscribers when [`MAX_LANES`] tenants have one.
+    fn lane(&self, tenant: &TenantId, for_notify: bool) -> Option<Arc<Lane>> {
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(lane) = lanes.get(tenant) {
             return Some(lane.clone());
         }
-        if lanes.len() >= MAX_LANES {
+        if for_notify && lanes.len() >= MAX_LANES && self.deliverer.hub.subscribers(tenant) == 0 {
             if !self.lanes_full.swap(true, Ordering::Relaxed) {
                 tracing::error!(
                     lanes = MAX_LANES,
-                    "too many tenants at once; messages of new tenants are dropped until quiet \
-                     tenants are forgotten"
+                    "too many tenants at once; notifications of tenants nobody is connected for \
+                     are dropped until quiet tenants are forgotten"
                 );
             }
             return None;
@@ -296,8 +299,9 @@ impl Inner {
     fn enqueue(self: &Arc<Self>, tenant: &TenantId, job: Job) {
         let mut job = job;
         // A lane forgotten between the lookup and the lock is replaced by a fresh one.
+        let for_notify = matches!(job, Job::Notify(_));
         loop {
-            let Some(lane) = self.lane(tenant) else {
+            let Some(lane) = self.lane(tenant, for_notify) else {
                 return self.no_lane(job);
             };
             match self.submit(&lane, job) {
@@ -307,20 +311,11 @@ impl Inner {
         }
     }
 
-    /// A job of a tenant that could get no lane (see [`MAX_LANES`]): counted and answered.
+    /// A notification of a tenant with no subscriber and no lane past [`MAX_LANES`]: counted.
     fn no_lane(&self, job: Job) {
-        const BUSY: &str = "server busy: too many tenants at once";
-        match job {
-            Job::Notify(_) => {
-                metrics::counter!(m::NOTIFICATIONS_REJECTED, "reason" => "too_many_tenants")
-                    .increment(1);
-            }
-            Job::ClientMessage { reply, .. } => {
-                let _ = reply.send(ClientOutcome::Reject(BUSY.into()));
-            }
-            Job::Authorize { reply, .. } => {
-                let _ = reply.send(Authorization::Deny(BUSY.into()));
-            }
+        if let Job::Notify(_) = job {
+            metrics::counter!(m::NOTIFICATIONS_REJECTED, "reason" => "too_many_tenants")
+                .increment(1);
         }
     }
 

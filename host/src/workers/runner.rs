@@ -2,8 +2,8 @@
 //! the accounting around every call — the time it ran, the wall-clock bound, the failure log line
 //! with what the guest printed.
 //!
-//! It does not queue or schedule (the lanes in `workers`) or decide what a verdict delivers
-//! (`deliver`).
+//! It does not queue or schedule (`lanes`), decide what a job does (`jobs`) or what a verdict
+//! delivers (`deliver`).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -248,6 +248,13 @@ impl Runner {
         let (result, spent) =
             timed(bounded(runtime, instance.authorize(runtime, connection))).await;
         self.settle(rules, tenant, result, spent)
+    }
+
+    /// Whether an instance is kept for the next call.
+    pub(super) fn is_warm(&self) -> bool {
+        self.slot
+            .as_ref()
+            .is_some_and(|slot| slot.instance.is_some())
     }
 
     /// Drops the warm instance (it comes back on the next call).

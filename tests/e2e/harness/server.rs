@@ -16,8 +16,6 @@ pub struct Server {
     database_url: String,
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
-    /// The server's own guest cache (unless the test named one), removed with it.
-    cache: Option<PathBuf>,
 }
 
 /// Every metric name pgws declares, to tell a series not recorded yet from a misspelt one.
@@ -45,16 +43,16 @@ impl Server {
                 command.env_remove(&key);
             }
         }
-        // A guest cache of its own, so no test sees what another compiled (or left half-written).
-        let cache = (!args.contains(&"--guest-cache")
-            && !env.iter().any(|(k, _)| *k == "PGWS_GUEST_CACHE"))
-        .then(|| {
-            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            std::env::temp_dir().join(format!("pgws-test-cache-{}-{n}", std::process::id()))
-        });
-        if let Some(dir) = &cache {
-            command.arg("--guest-cache").arg(dir);
+        // Unless the test names one, the test run's own guest cache: nothing compiled outside
+        // this run (or left half-written by one) is read, and the big JavaScript and Python
+        // guests are compiled once per run, not once per server. Entries are keyed by content
+        // and written atomically, so servers can share it.
+        let names_cache = args
+            .iter()
+            .any(|a| *a == "--guest-cache" || a.starts_with("--guest-cache="))
+            || env.iter().any(|(k, _)| *k == "PGWS_GUEST_CACHE");
+        if !names_cache {
+            command.arg("--guest-cache").arg(run_cache());
         }
         let mut child = command
             .args(["--listen", "127.0.0.1:0"])
@@ -108,7 +106,6 @@ impl Server {
             database_url: database_url.to_owned(),
             child,
             log,
-            cache,
         };
         server.wait_ready(Duration::from_secs(30)).await?;
         Ok(server)
@@ -285,8 +282,28 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(dir) = &self.cache {
-            let _ = std::fs::remove_dir_all(dir);
-        }
     }
+}
+
+/// This test process's guest cache; caches of earlier runs whose process is gone are removed.
+fn run_cache() -> &'static PathBuf {
+    static CACHE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        if let Ok(entries) = std::fs::read_dir(&tmp) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(pid) = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("pgws-test-cache-"))
+                else {
+                    continue;
+                };
+                if !std::path::Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        tmp.join(format!("pgws-test-cache-{}", std::process::id()))
+    })
 }
