@@ -28,6 +28,7 @@ use crate::hub::{Hub, TopicFilter};
 use crate::metrics as m;
 use crate::protocol;
 use crate::session::{Protocol, Session, SessionContext};
+use crate::workers::Busy;
 
 /// What the upgrade route needs.
 #[derive(Clone)]
@@ -187,17 +188,27 @@ async fn ws_handler(
         };
         refuse(status, r.reason, r.message)
     })?;
-    let verdict = app
+    match app
         .ctx
         .workers
         .authorize(&identity, identity.topic_list())
-        .await;
-    if let Authorization::Deny(reason) = verdict {
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            "guest_denied",
-            format!("denied: {reason}"),
-        ));
+        .await
+    {
+        Ok(Authorization::Allow) => {}
+        Ok(Authorization::Deny(reason)) => {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "guest_denied",
+                format!("denied: {reason}"),
+            ))
+        }
+        Err(Busy(reason)) => {
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "guest_busy",
+                reason,
+            ))
+        }
     }
 
     let v1 = offered.iter().any(|p| p == protocol::SUBPROTOCOL);

@@ -148,6 +148,7 @@ async fn publish(
     {
         ClientOutcome::Accept(body) => body,
         ClientOutcome::Reject(reason) => return Err(("rejected", reason)),
+        ClientOutcome::Busy(reason) => return Err(("busy", reason)),
     };
     ctx.publisher
         .publish(&tenant, topic.as_ref(), &body)

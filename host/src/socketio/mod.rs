@@ -168,12 +168,16 @@ async fn authenticate(
     }
     let identity = crate::auth::identify(&credentials, &ctx.identity_rules)
         .map_err(|r| refuse(r.reason, r.message))?;
-    let verdict = ctx
+    match ctx
         .workers
         .authorize(&identity, identity.channel_list())
-        .await;
-    if let Authorization::Deny(reason) = verdict {
-        return Err(refuse("guest_denied", format!("denied: {reason}")));
+        .await
+    {
+        Ok(Authorization::Allow) => {}
+        Ok(Authorization::Deny(reason)) => {
+            return Err(refuse("guest_denied", format!("denied: {reason}")))
+        }
+        Err(crate::workers::Busy(reason)) => return Err(refuse("guest_busy", reason)),
     }
     let ticket = ctx
         .admission

@@ -219,6 +219,10 @@ async fn test_pub(
             metrics::counter!(m::CLIENT_PUBLISHES, "outcome" => "guest_rejected").increment(1);
             return Err(format!("test_pub rejected: {reason}"));
         }
+        ClientOutcome::Busy(reason) => {
+            metrics::counter!(m::CLIENT_PUBLISHES, "outcome" => "busy").increment(1);
+            return Err(format!("test_pub failed: {reason}"));
+        }
     };
     let hold = ctx.hub.hold(&identity.tenant, channel.as_str(), s.id);
     ctx.publisher

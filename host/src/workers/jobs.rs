@@ -112,7 +112,7 @@ impl Inner {
                     Lookup::NotLoaded => self.not_loaded_authorization(),
                     _ => Authorization::Allow,
                 };
-                let _ = reply.send(answer);
+                let _ = reply.send(Ok(answer));
             }
         }
     }

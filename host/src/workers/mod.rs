@@ -110,7 +110,14 @@ pub enum ClientOutcome {
     Accept(JsonBody),
     /// Refused, with a reason for the client.
     Reject(String),
+    /// Not looked at: the tenant's guest queue is full or its guest did not answer in time.
+    Busy(String),
 }
+
+/// The tenant's guest could not take the request now (queue full, no answer in time): not a
+/// refusal, the client may try again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Busy(pub String);
 
 /// Work for a tenant's guest.
 enum Job {
@@ -124,7 +131,7 @@ enum Job {
         topics: Vec<String>,
         can_publish: bool,
         claims: String,
-        reply: oneshot::Sender<Authorization>,
+        reply: oneshot::Sender<Result<Authorization, Busy>>,
     },
 }
 
@@ -235,18 +242,22 @@ impl Workers {
             .enqueue(tenant, Job::ClientMessage { topic, body, reply });
         match tokio::time::timeout(ANSWER_WITHIN, answer).await {
             Ok(Ok(outcome)) => outcome,
-            _ => ClientOutcome::Reject("the tenant's guest is busy; try again".into()),
+            _ => ClientOutcome::Busy(GUEST_BUSY.into()),
         }
     }
 
     /// Asks the tenant's guest (if it has an authorize hook) whether a connection may proceed.
     /// `grants` are what the connection may read: topic patterns on `/ws`, channel patterns on
     /// socket.io.
-    pub async fn authorize(&self, identity: &Identity, grants: Vec<String>) -> Authorization {
+    pub async fn authorize(
+        &self,
+        identity: &Identity,
+        grants: Vec<String>,
+    ) -> Result<Authorization, Busy> {
         match self.inner.registry.lookup(&identity.tenant) {
-            Lookup::None => return Authorization::Allow,
-            Lookup::NotLoaded => return self.inner.not_loaded_authorization(),
-            Lookup::Guest(m) if !m.has_authorizer() => return Authorization::Allow,
+            Lookup::None => return Ok(Authorization::Allow),
+            Lookup::NotLoaded => return Ok(self.inner.not_loaded_authorization()),
+            Lookup::Guest(m) if !m.has_authorizer() => return Ok(Authorization::Allow),
             Lookup::Guest(_) => {}
         }
         let (reply, answer) = oneshot::channel();
@@ -261,12 +272,14 @@ impl Workers {
         );
         match tokio::time::timeout(ANSWER_WITHIN, answer).await {
             Ok(Ok(answer)) => answer,
-            _ => Authorization::Deny("the tenant's guest is busy; try again".into()),
+            _ => Err(Busy(GUEST_BUSY.into())),
         }
     }
 }
 
 const NOT_LOADED: &str = "the tenant's guest is not loaded (its file was refused)";
+const GUEST_BUSY: &str = "the tenant's guest did not answer in time; try again";
+const QUEUE_FULL: &str = "server busy: the tenant's guest queue is full; try again";
 
 impl Inner {
     /// The tenant's lane, made if it has none; `None` for a notification (`for_notify`) of a
@@ -372,14 +385,10 @@ impl Inner {
                 }
             }
             Job::ClientMessage { reply, .. } => {
-                let _ = reply.send(ClientOutcome::Reject(
-                    "server busy: the tenant's guest queue is full".into(),
-                ));
+                let _ = reply.send(ClientOutcome::Busy(QUEUE_FULL.into()));
             }
             Job::Authorize { reply, .. } => {
-                let _ = reply.send(Authorization::Deny(
-                    "server busy: the tenant's guest queue is full".into(),
-                ));
+                let _ = reply.send(Err(Busy(QUEUE_FULL.into())));
             }
         }
     }
