@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use pgws::config::{Command, Config, ConfigCommand, ConfigError, LogFormat};
+use pgws::config::{Command, Config, ConfigCommand, ConfigError, GuestCommand, LogFormat};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -19,6 +19,9 @@ async fn main() -> anyhow::Result<()> {
             config.validate().map_err(anyhow::Error::msg)?;
             println!("{}", pgws::auth::mint(&config.tokens, request)?);
             return Ok(());
+        }
+        Some(Command::Guest(GuestCommand::Check { file })) => {
+            return check_guest(&config, file);
         }
         Some(Command::Config(ConfigCommand::Check)) => {
             config.validate().map_err(anyhow::Error::msg)?;
@@ -53,6 +56,27 @@ async fn main() -> anyhow::Result<()> {
     let served = pgws::server::run(config, tcp, Some(metrics), shutdown).await;
     tokio::task::spawn_blocking(move || stop_embedded(&embedded)).await?;
     served
+}
+
+/// `pgws guest check <file>`: the report, and an error (non-zero exit) when the server would refuse it.
+fn check_guest(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let runtime = pgws::guest::GuestRuntime::new((&config.guest).into(), None)
+        .context("starting the WebAssembly runtime")?;
+    let report = pgws::guest::inspect(&runtime, &bytes)
+        .with_context(|| format!("{} would not load", file.display()))?;
+    println!("file:          {}", file.display());
+    println!("world:         pgws:guest/{}@0.1.0", report.world);
+    println!("hooks:         {}", report.hooks.join(", "));
+    println!("imports:       {}", report.imports.join(", "));
+    println!("size:          {} bytes", report.size);
+    println!("version:       {}", report.version);
+    println!(
+        "compile time:  {:.1} ms",
+        report.compile_time.as_secs_f64() * 1e3
+    );
+    println!("ok: pgws would load it");
+    Ok(())
 }
 
 /// The embedded PostgreSQL, if one was started; shared with the signal watcher.

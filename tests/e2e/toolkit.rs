@@ -206,3 +206,54 @@ async fn port_variable_and_the_socketio_pg_test_page() -> anyhow::Result<()> {
     assert!(served.1.contains("socket.io"), "{}", served.1);
     Ok(())
 }
+
+/// `pgws guest check` says what a component is and exits 0 only for one the server would load.
+#[test]
+fn guest_check_reports_what_the_server_would_load() {
+    let moderator = crate::harness::guests::rust_guest("moderator");
+    let out = pgws(&["guest", "check", moderator.to_str().expect("utf-8")], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "world:         pgws:guest/gatekeeper@0.1.0",
+        "hooks:         on-notify, on-client-message, authorize",
+        "ok: pgws would load it",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "no {line:?} in:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("pgws:guest/types@0.1.0"),
+        "imports listed: {stdout}"
+    );
+
+    let c = crate::harness::guests::built("c").join("passthrough.wasm");
+    let out = pgws(&["guest", "check", c.to_str().expect("utf-8")], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("world:         pgws:guest/filter@0.1.0"),
+        "{stdout}"
+    );
+
+    let wrong = crate::harness::guests::rust_guest("wrongworld");
+    let out = pgws(&["guest", "check", wrong.to_str().expect("utf-8")], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not fit the pgws:guest/filter world"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = pgws(&["guest", "check", env!("CARGO_MANIFEST_DIR")], &[]);
+    assert_eq!(out.status.code(), Some(1), "a directory is no component");
+}

@@ -109,6 +109,20 @@ pub enum Command {
     /// Check the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Tools for guest authors.
+    #[command(subcommand)]
+    Guest(GuestCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum GuestCommand {
+    /// Whether the server would load a component (under the configured --guest-* limits): its
+    /// world, the hooks it exports, what it imports, its size and compile time. Exits 0 only if
+    /// it would load.
+    Check {
+        /// The component, e.g. target/wasm32-wasip2/release/my_guest.wasm.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]

@@ -5,11 +5,13 @@
 //! - `state`: what an instance's store holds (no-capability WASI, memory cap, log budget, output tail);
 //! - `instance`: one warm instance and the checks around a call;
 //! - `registry`: which module serves which tenant, swapped atomically, with one version of history;
-//! - `watch`: follows the guest directory and reloads what changed.
+//! - `watch`: follows the guest directory and reloads what changed;
+//! - `inspect`: what `pgws guest check` reports about a component.
 //!
 //! Nothing here knows about sockets or Postgres; the workers call in with one notification at a time.
 
 mod bindings;
+mod inspect;
 mod instance;
 mod registry;
 mod runtime;
@@ -19,6 +21,7 @@ mod watch;
 pub use bindings::{
     Authorization, ClientMessageRef, ClientVerdict, ConnectionRef, NotificationRef, Verdict,
 };
+pub use inspect::{inspect, Inspection};
 pub use instance::{CallFailure, GuestInstance};
 pub(crate) use registry::count_failure;
 pub use registry::{GuestInfo, GuestRegistry, GuestTarget, Lookup, Refusal, DEFAULT_GUEST};
