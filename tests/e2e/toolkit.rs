@@ -257,3 +257,67 @@ fn guest_check_reports_what_the_server_would_load() {
     let out = pgws(&["guest", "check", env!("CARGO_MANIFEST_DIR")], &[]);
     assert_eq!(out.status.code(), Some(1), "a directory is no component");
 }
+
+/// `pgws guest test` runs a guest offline on the conformance table's cases for it, and a case whose
+/// expectation is not met fails the run, showing expected and actual.
+#[test]
+fn guest_test_runs_cases_and_fails_on_a_miss() {
+    let validator = crate::harness::guests::rust_guest("validator");
+    let validator = validator.to_str().expect("utf-8");
+    let table = crate::harness::guests::repo().join("guest/conformance.json");
+    let out = pgws(
+        &["guest", "test", validator, table.to_str().expect("utf-8")],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.lines().any(|l| l == "9 cases, 0 failed"), "{stdout}");
+
+    let dir = std::env::temp_dir().join(format!("pgws-guest-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cases = dir.join("cases.json");
+    std::fs::write(
+        &cases,
+        r#"[{"body": {"id": 7, "kind": "order"}, "expect": "forward"},
+            {"body": {"id": 7}, "expect": "forward"}]"#,
+    )
+    .expect("write");
+    let out = pgws(
+        &["guest", "test", validator, cases.to_str().expect("utf-8")],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL"), "{stdout}");
+    assert!(
+        stdout.contains(r#"→  {"reject":"missing required field `kind`"}"#),
+        "{stdout}"
+    );
+    assert!(stdout.contains("expected \"forward\""), "{stdout}");
+    assert!(stdout.lines().any(|l| l == "2 cases, 1 failed"), "{stdout}");
+
+    let reshaper = crate::harness::guests::rust_guest("reshaper");
+    let out = pgws(
+        &[
+            "guest",
+            "test",
+            reshaper.to_str().expect("utf-8"),
+            "--body",
+            r#"{"usr": "ann", "password": "x"}"#,
+            "--tenant",
+            "t9",
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(r#"→  {"replace":{"tenant":"t9","user":"ann"}}"#),
+        "{stdout}"
+    );
+}

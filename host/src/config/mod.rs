@@ -123,6 +123,22 @@ pub enum GuestCommand {
         /// The component, e.g. target/wasm32-wasip2/release/my_guest.wasm.
         file: PathBuf,
     },
+    /// Run a component on notifications, with no server or database: in the server's sandbox and
+    /// limits, each case's verdict and time, and pass/fail against what the case expects (the
+    /// format of guest/conformance.json; cases naming another guest are skipped). Exits non-zero
+    /// if a case fails. Or one notification: --body '{"id": 1}' [--tenant t] [--topic x].
+    Test {
+        file: PathBuf,
+        /// The cases file.
+        cases: Option<PathBuf>,
+        /// One notification's JSON body, instead of a cases file.
+        #[arg(long, conflicts_with = "cases")]
+        body: Option<String>,
+        #[arg(long, default_value = "acme")]
+        tenant: String,
+        #[arg(long)]
+        topic: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]

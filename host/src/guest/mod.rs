@@ -6,11 +6,13 @@
 //! - `instance`: one warm instance and the checks around a call;
 //! - `registry`: which module serves which tenant, swapped atomically, with one version of history;
 //! - `watch`: follows the guest directory and reloads what changed;
-//! - `inspect`: what `pgws guest check` reports about a component.
+//! - `inspect`: what `pgws guest check` reports about a component;
+//! - `cases`: notifications and expected verdicts, as `pgws guest test` runs them.
 //!
 //! Nothing here knows about sockets or Postgres; the workers call in with one notification at a time.
 
 mod bindings;
+pub mod cases;
 mod inspect;
 mod instance;
 mod registry;
