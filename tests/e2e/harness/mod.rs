@@ -5,6 +5,7 @@ pub mod guests;
 pub mod http;
 pub mod languages;
 pub mod pg;
+pub mod prereqs;
 pub mod server;
 pub mod socketio;
 

@@ -46,6 +46,7 @@ impl PgCluster {
     /// The cluster shared by every test in this process (or the `DATABASE_URL` server).
     pub fn shared() -> &'static PgCluster {
         SHARED.get_or_init(|| {
+            super::prereqs::check();
             if let Ok(url) = std::env::var("DATABASE_URL") {
                 return PgCluster::external(&url).expect("DATABASE_URL is usable");
             }
