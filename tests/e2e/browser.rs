@@ -3,7 +3,6 @@
 //! `/socket-test` does socketio_pg's round with the bundled socket.io 2.x client.
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -96,12 +95,12 @@ async fn demo_page_in_headless_chromium() -> anyhow::Result<()> {
         shot.display()
     );
     eprintln!("demo page screenshot: {}", shot.display());
-    assert!(
-        tokio::time::timeout(Duration::from_millis(200), seen.recv())
-            .await
-            .is_err(),
-        "the rejected message never reached Postgres"
-    );
+    // The rejected message never reached Postgres: the next thing it saw is this marker.
+    notify(&sql, r#"demo,{"marker":1}"#).await?;
+    let (_, next) = tokio::time::timeout(PATIENCE, seen.recv())
+        .await?
+        .expect("notification");
+    assert_eq!(next, r#"demo,{"marker":1}"#);
     Ok(())
 }
 
@@ -134,14 +133,22 @@ async fn socket_test_page_in_headless_chromium() -> anyhow::Result<()> {
     page.go_on().await?;
     assert_eq!(page.step().await?, "SAW_NOTIFY");
     assert_eq!(page.step().await?, "PUBLISHED");
+    crate::harness::notify_on(&sql, "foo", r#"{"marker":1}"#).await?;
     let mut payloads = Vec::new();
-    while let Ok(Some((_, p))) = tokio::time::timeout(Duration::from_millis(300), seen.recv()).await
-    {
+    for _ in 0..3 {
+        let (_, p) = tokio::time::timeout(PATIENCE, seen.recv())
+            .await?
+            .expect("notification");
         payloads.push(p);
     }
+    // In order, before the marker: ours and the page's, nothing else.
     assert_eq!(
         payloads,
-        [r#"{"text":"from-sql"}"#, r#"{"text":"from-browser"}"#]
+        [
+            r#"{"text":"from-sql"}"#,
+            r#"{"text":"from-browser"}"#,
+            r#"{"marker":1}"#
+        ]
     );
     assert_eq!(page.step().await?, "REFUSED");
     assert_eq!(page.step().await?, "SCREENSHOT");

@@ -29,11 +29,13 @@ async fn each_example_guest_shapes_its_tenant() -> anyhow::Result<()> {
     notify(&sql, r#"val,{"kind":"a"}"#).await?;
     notify(&sql, r#"val,[1,2]"#).await?;
     notify(&sql, r#"val,{"id":7,"kind":"a","data":{"k":1}}"#).await?;
+    notify(&sql, r#"val,{"id":8,"kind":"marker"}"#).await?;
+    // In order: what came before the marker is everything that passed.
     assert_eq!(
         val.recv_text().await?,
         r#"{"id":7,"kind":"a","data":{"k":1}}"#
     );
-    val.expect_silence(Duration::from_millis(200)).await?;
+    assert_eq!(val.recv_text().await?, r#"{"id":8,"kind":"marker"}"#);
     server
         .wait_log(
             &["message rejected", "val", "missing required field `id`"],
@@ -61,20 +63,29 @@ async fn each_example_guest_shapes_its_tenant() -> anyhow::Result<()> {
     notify(&sql, r#"route,{"kind":"billing","id":2}"#).await?;
     notify(&sql, r#"route,{"kind":"orders","id":3,"priority":"high"}"#).await?;
     notify(&sql, r#"route,{"id":4}"#).await?;
+    // Markers, one per topic: each client's frames before its marker are all it got.
+    notify(&sql, r#"route,{"kind":"orders","id":5}"#).await?;
+    notify(&sql, r#"route,{"kind":"alerts","id":6}"#).await?;
     assert_eq!(orders.recv_json().await?["id"], 1);
     assert_eq!(orders.recv_json().await?["id"], 3);
+    assert_eq!(orders.recv_json().await?["id"], 5);
     assert_eq!(alerts.recv_json().await?, json!({"alert":"orders","id":3}));
-    orders.expect_silence(Duration::from_millis(200)).await?;
-    alerts.expect_silence(Duration::from_millis(50)).await?;
+    assert_eq!(alerts.recv_json().await?, json!({"kind":"alerts","id":6}));
 
     // Default guest (passthrough) serves every other tenant, byte for byte.
     notify(&sql, r#"plain,{"b":2,"a":1}"#).await?;
     assert_eq!(plain.recv_text().await?, r#"{"b":2,"a":1}"#);
 
-    // Nobody saw anybody else's messages.
-    for c in [&mut val, &mut shape, &mut plain] {
-        c.expect_silence(Duration::from_millis(100)).await?;
-    }
+    // Nobody saw anybody else's messages: each client's next frame is its own tenant's marker.
+    notify(&sql, r#"val,{"id":9,"kind":"end"}"#).await?;
+    notify(&sql, r#"shape,{"end":true}"#).await?;
+    notify(&sql, r#"plain,{"end":true}"#).await?;
+    assert_eq!(val.recv_text().await?, r#"{"id":9,"kind":"end"}"#);
+    assert_eq!(
+        shape.recv_json().await?,
+        json!({"end": true, "tenant": "shape"})
+    );
+    assert_eq!(plain.recv_text().await?, r#"{"end":true}"#);
     Ok(())
 }
 
@@ -128,34 +139,63 @@ async fn guest_failures_are_contained() -> anyhow::Result<()> {
     }
     assert!(server.is_running());
     assert_eq!(server.get("/healthz").await?.0, 200);
-    good.expect_silence(Duration::from_millis(100)).await?;
+    // `good` got exactly its four messages: its next frame is this marker.
+    notify(&sql, r#"good,{"end":true}"#).await?;
+    assert_eq!(good.recv_json().await?, json!({"end": true}));
     Ok(())
 }
 
 /// A guest that keeps failing is isolated: fail closed by default (its messages are dropped, the
-/// guest is not called), and with `--guest-failure open` its messages pass unchanged.
+/// guest is not called) until `--guest-isolation-secs` have passed, when it is called again; with
+/// `--guest-failure open` its messages pass unchanged.
 #[tokio::test(flavor = "multi_thread")]
 async fn failing_guest_is_isolated_per_policy() -> anyhow::Result<()> {
     let dir = guest_dir(&[("bad", &rust_guest("misbehave"))]);
-    let (server, sql) = spawn_with_guests(&dir, &["--guest-max-failures", "2"]).await?;
+    let closed = ["--guest-max-failures", "2", "--guest-isolation-secs", "1"];
+    let (server, sql) = spawn_with_guests(&dir, &closed).await?;
     let mut bad = Client::connect(&server.ws_url("?tenant=bad")).await?;
-    notify(&sql, r#"bad,{"do":"trap"}"#).await?;
-    notify(&sql, r#"bad,{"do":"trap"}"#).await?;
-    notify(&sql, r#"bad,{"ok":1}"#).await?;
+    // Distinct payloads: Postgres folds identical NOTIFYs of one transaction into one.
+    notify(&sql, r#"bad,{"do":"trap","n":1}"#).await?;
+    notify(&sql, r#"bad,{"do":"trap","n":2}"#).await?;
     server
         .wait_log(
             &["guest isolated after repeated failures", "tenant=bad"],
             Duration::from_secs(5),
         )
         .await?;
-    bad.expect_silence(Duration::from_millis(300)).await?;
-    let isolated = server
-        .metric(
+    notify(&sql, r#"bad,{"ok":1}"#).await?;
+    server
+        .wait_metric(
             "pgws_notifications_rejected_total",
             &[("reason", "guest_isolated")],
+            1.0,
+            Duration::from_secs(5),
         )
         .await?;
-    assert_eq!(isolated, 1.0);
+    // The isolation began before it was logged: a full rest after the log line, it is over, and the
+    // guest handles the next message. It is the first frame the client sees: nothing leaked before.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    notify(&sql, r#"bad,{"ok":2}"#).await?;
+    assert_eq!(bad.recv_json().await?, json!({"ok": 2}));
+    assert_eq!(
+        server
+            .metric(
+                "pgws_notifications_rejected_total",
+                &[("reason", "guest_isolated")],
+            )
+            .await?,
+        1.0
+    );
+    assert_eq!(
+        server
+            .metric(
+                "pgws_guest_calls_total",
+                &[("tenant", "bad"), ("outcome", "delivered")]
+            )
+            .await?,
+        1.0,
+        "the guest itself handled the message after its rest"
+    );
     drop(server);
 
     let open = ["--guest-max-failures", "2", "--guest-failure", "open"];

@@ -2,7 +2,7 @@
 //! directory, losing nothing.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -28,12 +28,13 @@ fn reshaped(frame: &Value) -> bool {
 }
 
 /// Under a steady stream of NOTIFYs for several tenants, a tenant's guest is swapped back and forth 20
-/// times through the admin API: nothing is lost, no connection closes, every message was handled by
-/// exactly one version (all clients agree), versions change only at swaps, and every message sent
-/// after the last swap completed shows the last version.
+/// times through the admin API, each swap seen serving before the next: nothing is lost, no
+/// connection closes, every message was handled by exactly one version (all clients agree), the
+/// version changes exactly once per swap, and every message sent after a swap completed shows that
+/// swap's version or a later one.
 #[tokio::test(flavor = "multi_thread")]
 async fn swapping_under_load_loses_nothing() -> anyhow::Result<()> {
-    let (server, _sql) = spawn_app(ADMIN_ARGS).await?;
+    let (server, sql) = spawn_app(ADMIN_ARGS).await?;
     let passthrough = std::fs::read(rust_guest("passthrough"))?;
     let reshaper = std::fs::read(rust_guest("reshaper"))?;
     assert_eq!(
@@ -44,9 +45,24 @@ async fn swapping_under_load_loses_nothing() -> anyhow::Result<()> {
         200
     );
 
-    let mut hot: Vec<Client> = Vec::new();
+    // Each hot client's frames as (n, handled by the reshaper), read as they come, until `end`.
+    let mut hot = Vec::new();
     for _ in 0..3 {
-        hot.push(Client::connect(&server.ws_url("?tenant=hot")).await?);
+        let mut client = Client::connect(&server.ws_url("?tenant=hot")).await?;
+        let seen = Arc::new(Mutex::new(Vec::<(u64, bool)>::new()));
+        let sink = seen.clone();
+        let reader = tokio::spawn(async move {
+            loop {
+                let frame = client.recv_json().await?;
+                if frame.get("end").is_some() {
+                    // Still connected: handed back, so the connection count below sees it.
+                    return anyhow::Ok(client);
+                }
+                let n = frame["n"].as_u64().unwrap_or(0);
+                sink.lock().expect("seen").push((n, reshaped(&frame)));
+            }
+        });
+        hot.push((seen, reader));
     }
     let mut others = Vec::new();
     for t in ["cold1", "cold2"] {
@@ -75,11 +91,20 @@ async fn swapping_under_load_loses_nothing() -> anyhow::Result<()> {
         })
     };
 
-    // 20 swaps; after each, every message whose NOTIFY started later must show the new version.
+    // The stream is flowing, on the first version, before the first swap.
+    let deadline = Instant::now() + PATIENCE;
+    while hot[0].0.lock().expect("seen").is_empty() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no message before the first swap"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // 20 swaps. After each, the last NOTIFY started before it completed; the next swap waits until a
+    // later message is seen, so every swap serves for a while.
     let mut swaps: Vec<(u64, bool)> = Vec::new();
     let mut latencies = Vec::new();
     for i in 0..20 {
-        tokio::time::sleep(Duration::from_millis(60)).await;
         let to_reshaper = i % 2 == 0;
         let bytes = if to_reshaper { &reshaper } else { &passthrough };
         let t = Instant::now();
@@ -88,26 +113,33 @@ async fn swapping_under_load_loses_nothing() -> anyhow::Result<()> {
             .await?;
         latencies.push(t.elapsed());
         assert_eq!(status, 200, "{body}");
-        swaps.push((started.load(Ordering::SeqCst), to_reshaper));
+        let after = started.load(Ordering::SeqCst);
+        swaps.push((after, to_reshaper));
+        let deadline = Instant::now() + PATIENCE;
+        while hot[0].0.lock().expect("seen").last().map_or(0, |l| l.0) <= after {
+            anyhow::ensure!(Instant::now() < deadline, "no message after swap {i}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
-    tokio::time::sleep(Duration::from_millis(60)).await;
     stop.store(true, Ordering::Relaxed);
     let total = sender.await??;
-    assert!(total > 500, "a steady stream: {total} messages");
+    // End markers: in order, so what a client got before its marker is everything it got.
+    for tenant in ["hot", "cold1", "cold2"] {
+        notify(&sql, &format!(r#"{tenant},{{"end":true}}"#)).await?;
+    }
 
     let mut sequences = Vec::new();
-    for client in hot.iter_mut() {
-        let mut versions = Vec::with_capacity(total as usize);
-        for n in 1..=total {
-            let frame = client.recv_json().await?;
-            assert_eq!(
-                frame["n"], n,
-                "hot messages complete, in order, no duplicates"
-            );
-            versions.push(reshaped(&frame));
-        }
-        client.expect_silence(Duration::from_millis(200)).await?;
-        sequences.push(versions);
+    let mut still_open = Vec::new();
+    for (seen, reader) in hot {
+        still_open.push(reader.await??);
+        let seen = seen.lock().expect("seen").clone();
+        let numbers: Vec<u64> = seen.iter().map(|s| s.0).collect();
+        assert_eq!(
+            numbers,
+            (1..=total).collect::<Vec<_>>(),
+            "hot messages complete, in order, no duplicates"
+        );
+        sequences.push(seen.into_iter().map(|s| s.1).collect::<Vec<_>>());
     }
     // The guest ran once per message, not once per client: every client saw the same versions.
     assert!(
@@ -115,15 +147,17 @@ async fn swapping_under_load_loses_nothing() -> anyhow::Result<()> {
         "clients disagree on versions"
     );
     let versions = &sequences[0];
-    // Versions change only at swaps, and the switches are visible.
+    // Each swap was seen serving before the next began, and versions change only at swaps: one
+    // change per swap.
     let changes = versions.windows(2).filter(|w| w[0] != w[1]).count();
-    assert!(
-        (1..=swaps.len()).contains(&changes),
-        "{changes} version changes for {} swaps",
+    assert_eq!(
+        changes,
+        swaps.len(),
+        "version changes for {} swaps",
         swaps.len()
     );
-    // Every message sent after the last swap completed ran on the last version. (A message sent after
-    // an earlier swap may run on a still later version, if that swap landed before its turn came.)
+    assert!(!versions[0], "the stream began on the passthrough");
+    // Every message sent after the last swap completed ran on the last version.
     let (after_last, last_is_reshaper) = swaps[swaps.len() - 1];
     assert!(after_last < total, "messages were sent after the last swap");
     for n in (after_last + 1)..=total {
@@ -133,14 +167,20 @@ async fn swapping_under_load_loses_nothing() -> anyhow::Result<()> {
             "message {n} after the last swap"
         );
     }
+    // The other tenants, with no guest, got every one of their messages, untouched.
     for (t, c) in others.iter_mut() {
-        let mut count = 0;
-        while let Ok(text) = c.recv_text_within(Duration::from_millis(300)).await {
-            let frame: Value = serde_json::from_str(&text)?;
+        let parity = if *t == "cold1" { 0 } else { 1 };
+        let mut got = Vec::new();
+        loop {
+            let frame = c.recv_json().await?;
+            if frame.get("end").is_some() {
+                break;
+            }
             assert!(!reshaped(&frame), "{t} has no guest");
-            count += 1;
+            got.push(frame["n"].as_u64().unwrap_or(0));
         }
-        assert!(count > 0, "{t} kept receiving");
+        let want: Vec<u64> = (1..=total).filter(|n| n % 2 == parity).collect();
+        assert_eq!(got, want, "{t}");
     }
     assert_eq!(
         server
@@ -176,12 +216,8 @@ async fn until_version(
         notify(sql, r#"hot,{"probe":1}"#).await?;
         let frame = client.recv_json().await?;
         if reshaped(&frame) == want_reshaped {
-            // Drain probes still in flight.
-            while client
-                .recv_text_within(Duration::from_millis(50))
-                .await
-                .is_ok()
-            {}
+            // Every probe was answered before the next was sent: nothing is in flight. (The
+            // version serves from here on; a probe's answer always comes before the next probe.)
             return Ok(t.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -236,13 +272,27 @@ async fn directory_changes_swap_guests() -> anyhow::Result<()> {
         )
         .await?;
 
-    // `cp`-style: written in two steps; the complete file loads.
+    // `cp`-style, written in two steps with a pause longer than the watcher's quiet period (100 ms):
+    // the half-written file is read, refused, and the reshaper keeps serving; the complete file
+    // then loads.
     {
         use std::io::Write;
         let mut f = std::fs::File::create(dir.join("hot.wasm"))?;
         f.write_all(&passthrough[..passthrough.len() / 3])?;
         f.flush()?;
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        let deadline = Instant::now() + PATIENCE;
+        while server.log_text().matches("guest refused").count() < bad.len() + 1 {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the half-written file was not refused"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        notify(&sql, r#"hot,{"after":"half a file"}"#).await?;
+        assert!(
+            reshaped(&c.recv_json().await?),
+            "reshaper still serving after the half-written file"
+        );
         f.write_all(&passthrough[passthrough.len() / 3..])?;
     }
     until_version(&sql, &mut c, false).await?;

@@ -230,7 +230,7 @@ async fn directory_and_admin_api_compose() -> anyhow::Result<()> {
     );
     assert_eq!(probe(&mut c, &sql).await?, "v1");
     let _ = std::fs::read(dir.join("acme.wasm"))?; // opening the file is no change
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    watcher_caught_up(&server, &dir, 1).await?;
     assert_eq!(probe(&mut c, &sql).await?, "v1", "the admin upload stayed");
     // Rollback puts v2 back, and it stays.
     assert_eq!(
@@ -249,7 +249,7 @@ async fn directory_and_admin_api_compose() -> anyhow::Result<()> {
             .0,
         200
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    watcher_caught_up(&server, &dir, 2).await?;
     assert_eq!(
         probe(&mut c, &sql).await?,
         "v1",
@@ -277,7 +277,7 @@ async fn directory_and_admin_api_compose() -> anyhow::Result<()> {
         .wait_log(&["guest refused", "guest=acme"], PATIENCE)
         .await?;
     let _ = std::fs::read(dir.join("acme.wasm"))?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    watcher_caught_up(&server, &dir, 3).await?;
     assert_eq!(
         server.log_text().matches("guest refused").count(),
         1,
@@ -290,6 +290,23 @@ async fn directory_and_admin_api_compose() -> anyhow::Result<()> {
             .await?,
         1.0
     );
+    Ok(())
+}
+
+/// Waits until the directory watcher has handled every event before this call: it handles events in
+/// order, so once a guest file renamed in now (`zmark<n>.wasm`, a tenant of its own) is loaded, any
+/// earlier event on another file was handled too.
+async fn watcher_caught_up(
+    server: &crate::harness::Server,
+    dir: &std::path::Path,
+    n: u32,
+) -> anyhow::Result<()> {
+    let tmp = dir.join(format!(".zmark{n}.tmp"));
+    std::fs::copy(rust_guest("passthrough"), &tmp)?;
+    std::fs::rename(&tmp, dir.join(format!("zmark{n}.wasm")))?;
+    server
+        .wait_log(&["guest loaded", &format!("guest=zmark{n} ")], PATIENCE)
+        .await?;
     Ok(())
 }
 

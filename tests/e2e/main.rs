@@ -8,6 +8,7 @@ mod auth;
 mod browser;
 mod conformance;
 mod delivery;
+mod documented;
 mod guests;
 mod hardening;
 mod hotswap;

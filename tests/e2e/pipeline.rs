@@ -28,7 +28,16 @@ async fn notify_reaches_only_its_tenant() -> anyhow::Result<()> {
             "uuid id: {frame}"
         );
     }
-    other.expect_silence(Duration::from_millis(300)).await?;
+    // `other`'s first frame is its own marker: acme's message never reached it.
+    sql.execute(
+        "select pg_notify('pgwebsocket', 'other,{\"marker\":1}')",
+        &[],
+    )
+    .await?;
+    assert_eq!(
+        other.recv_json().await?["payload"],
+        serde_json::json!({"marker": 1})
+    );
     Ok(())
 }
 
@@ -60,6 +69,13 @@ async fn thousand_messages_five_tenants_fifty_clients() -> anyhow::Result<()> {
         statement.push_str("commit;");
         sql.batch_execute(&statement).await?;
     }
+    // One marker per tenant after everything: each client's frames before it are all it got.
+    for tenant in tenants {
+        sql.batch_execute(&format!(
+            "select pg_notify('pgwebsocket', '{tenant},{{\"tenant\":\"{tenant}\",\"end\":true}}')"
+        ))
+        .await?;
+    }
     let mut readers = Vec::new();
     for (tenant, mut client) in clients {
         let want = expected[tenant].clone();
@@ -71,7 +87,8 @@ async fn thousand_messages_five_tenants_fifty_clients() -> anyhow::Result<()> {
                 got.push(frame["n"].as_u64().unwrap_or(u64::MAX));
             }
             anyhow::ensure!(got == want, "{tenant}: out of order or incomplete");
-            client.expect_silence(Duration::from_millis(200)).await?;
+            let end = client.recv_json().await?;
+            anyhow::ensure!(end["end"] == true, "{tenant}: {end} after the last message");
             Ok::<_, anyhow::Error>(got.len())
         }));
     }
@@ -100,9 +117,9 @@ async fn rolled_back_notify_is_never_delivered() -> anyhow::Result<()> {
         "begin; select pg_notify('pgwebsocket', 'acme,{\"v\":\"committed\"}'); commit;",
     )
     .await?;
+    // The first frame is the committed one: the rolled-back NOTIFY, sent earlier, never came.
     let frame = client.recv_json().await?;
     assert_eq!(frame["payload"]["v"], "committed");
-    client.expect_silence(Duration::from_millis(300)).await?;
     Ok(())
 }
 
@@ -210,6 +227,7 @@ async fn listens_on_every_configured_channel() -> anyhow::Result<()> {
     crate::harness::notify_on(&sql, "alpha", "acme,1").await?;
     crate::harness::notify_on(&sql, "beta", "acme,2").await?;
     crate::harness::notify_on(&sql, "pgwebsocket", "acme,3").await?;
+    crate::harness::notify_on(&sql, "alpha", "acme,4").await?;
     let a = client.recv_json().await?;
     let b = client.recv_json().await?;
     assert_eq!(
@@ -220,7 +238,12 @@ async fn listens_on_every_configured_channel() -> anyhow::Result<()> {
         (b["channel"].as_str(), b["payload"].as_i64()),
         (Some("beta"), Some(2))
     );
-    client.expect_silence(Duration::from_millis(300)).await?;
+    // Not on a configured channel, so not delivered: the next frame is the one after it.
+    let c = client.recv_json().await?;
+    assert_eq!(
+        (c["channel"].as_str(), c["payload"].as_i64()),
+        (Some("alpha"), Some(4))
+    );
     Ok(())
 }
 

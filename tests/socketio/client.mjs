@@ -2,6 +2,9 @@
 //
 //   node client.mjs <v4|v2> <url> <auth JSON or "-"> [transport]
 //
+// The auth JSON may carry "extraHeaders": {name: value}, sent with every HTTP request of the
+// connection (Node only) instead of being part of the auth payload.
+//
 // stdin: one JSON command per line: {"emit": "<event>", "data": <value>} (data omitted: no argument)
 //        or {"close": true}.
 // stdout: one JSON line per thing that happened: {"event": "<name>", "data": <value>}, where name is a
@@ -11,7 +14,12 @@ import readline from "node:readline";
 
 const require = createRequire(import.meta.url);
 const [kind, url, authArg, transport] = process.argv.slice(2);
-const auth = authArg && authArg !== "-" ? JSON.parse(authArg) : null;
+let auth = authArg && authArg !== "-" ? JSON.parse(authArg) : null;
+let extraHeaders = null;
+if (auth && auth.extraHeaders) {
+  ({ extraHeaders, ...auth } = auth);
+  if (Object.keys(auth).length === 0) auth = null;
+}
 const out = (event, data) => process.stdout.write(JSON.stringify({ event, data: data ?? null }) + "\n");
 
 let socket;
@@ -21,12 +29,14 @@ if (kind === "v2") {
   const opts = { forceNew: true, reconnection: false };
   if (auth) opts.query = auth;
   if (transport) opts.transports = [transport];
+  if (extraHeaders) opts.extraHeaders = extraHeaders;
   socket = io(url, opts);
 } else {
   const { io } = require("socket.io-client");
   const opts = { forceNew: true, reconnection: false };
   if (auth) opts.auth = auth;
   if (transport) opts.transports = [transport];
+  if (extraHeaders) opts.extraHeaders = extraHeaders;
   socket = io(url, opts);
 }
 

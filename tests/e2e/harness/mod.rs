@@ -145,14 +145,6 @@ impl Client {
         serde_json::from_str(&text).with_context(|| format!("frame is not JSON: {text}"))
     }
 
-    /// Asserts that no text frame arrives within `quiet`.
-    pub async fn expect_silence(&mut self, quiet: Duration) -> anyhow::Result<()> {
-        match self.recv_text_within(quiet).await {
-            Ok(text) => bail!("expected no frame, got {text}"),
-            Err(_) => Ok(()),
-        }
-    }
-
     /// Waits for the server's close frame and returns its code.
     pub async fn recv_close(&mut self) -> anyhow::Result<Option<u16>> {
         loop {

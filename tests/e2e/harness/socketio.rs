@@ -130,14 +130,6 @@ impl SioClient {
         Ok(data)
     }
 
-    /// Asserts that nothing arrives within `quiet`.
-    pub async fn expect_silence(&mut self, quiet: Duration) -> anyhow::Result<()> {
-        match self.read(quiet).await {
-            Ok((name, data)) => bail!("{:?}: expected nothing, got `{name}` {data}", self.kind),
-            Err(_) => Ok(()),
-        }
-    }
-
     pub async fn emit(&mut self, event: &str, data: Option<Value>) -> anyhow::Result<()> {
         let cmd = match data {
             Some(d) => json!({ "emit": event, "data": d }),
