@@ -47,14 +47,23 @@ export class PgwsClient {
       if (this.topics.size) this.request({ type: 'subscribe', topics: [...this.topics] }).catch(() => {});
     });
     socket.addEventListener('message', (event) => this.receive(event.data));
-    socket.addEventListener('close', (event) => {
-      this.status('closed', event.code, event.reason);
+    // A socket is lost once: browsers follow a failed connect's `error` with `close`, but some
+    // runtimes (Node's WebSocket) report a refused handshake with `error` alone.
+    let lost = false;
+    const lose = (code, reason) => {
+      if (lost) return;
+      lost = true;
+      this.status('closed', code, reason);
       for (const { reject } of this.pending.values()) reject({ code: 'closed', message: 'connection closed' });
       this.pending.clear();
       if (!this.closing) {
         setTimeout(() => this.connect(), this.backoff);
         this.backoff = Math.min(this.backoff * 2, this.maxBackoff);
       }
+    };
+    socket.addEventListener('close', (event) => lose(event.code, event.reason));
+    socket.addEventListener('error', () => {
+      if (socket.readyState !== WebSocket.OPEN) lose(1006, 'connection failed');
     });
   }
 

@@ -22,29 +22,8 @@ globalThis.setTimeout = (fn, ms, ...rest) => {
   return realSetTimeout(fn, ms, ...rest);
 };
 
-// Node 20's WebSocket (undici) reports a refused handshake with `error` alone and stays CONNECTING;
-// browsers, as the WHATWG spec says, follow the `error` with `close` (code 1006), which is what the
-// client reconnects on. Give it the browser's behaviour: a `close` after an `error`, exactly once.
-const NodeWebSocket = globalThis.WebSocket;
-globalThis.WebSocket = class extends NodeWebSocket {
-  constructor(...args) {
-    super(...args);
-    let closed = false;
-    this.addEventListener("close", (event) => {
-      if (closed) event.stopImmediatePropagation();
-      closed = true;
-    });
-    this.addEventListener("error", () =>
-      realSetTimeout(() => {
-        if (closed || this.readyState === NodeWebSocket.OPEN) return;
-        const event = new Event("close");
-        event.code = 1006;
-        this.dispatchEvent(event);
-      }, 0),
-    );
-  }
-};
-
+// Node's own WebSocket is used as it is: it reports a refused handshake with `error` alone (no
+// `close`), which the client must handle as a browser's `close` (it does).
 const { PgwsClient } = await import("../../client/pgws-client.js");
 const [url, optionsArg] = process.argv.slice(2);
 

@@ -43,10 +43,7 @@ impl Server {
                 command.env_remove(&key);
             }
         }
-        // Unless the test names one, the test run's own guest cache: nothing compiled outside
-        // this run (or left half-written by one) is read, and the big JavaScript and Python
-        // guests are compiled once per run, not once per server. Entries are keyed by content
-        // and written atomically, so servers can share it.
+        // Unless the test names one, the suite's own guest cache (see `run_cache`).
         let names_cache = args
             .iter()
             .any(|a| *a == "--guest-cache" || a.starts_with("--guest-cache="))
@@ -285,25 +282,17 @@ impl Drop for Server {
     }
 }
 
-/// This test process's guest cache; caches of earlier runs whose process is gone are removed.
+/// The test suite's own guest cache, in the build directory: never the developer's
+/// `~/.cache/pgws`, and kept between runs, so the big JavaScript and Python guests are compiled once
+/// rather than on every run. Entries are keyed by the component's bytes and the engine's settings
+/// and written atomically, so servers running at once can share it; the tests about caching give
+/// their server a fresh one.
 fn run_cache() -> &'static PathBuf {
     static CACHE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     CACHE.get_or_init(|| {
-        let tmp = std::env::temp_dir();
-        if let Ok(entries) = std::fs::read_dir(&tmp) {
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let Some(pid) = name
-                    .to_str()
-                    .and_then(|n| n.strip_prefix("pgws-test-cache-"))
-                else {
-                    continue;
-                };
-                if !std::path::Path::new("/proc").join(pid).exists() {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
-            }
-        }
-        tmp.join(format!("pgws-test-cache-{}", std::process::id()))
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| super::languages::repo().join("target"))
+            .join("test-guest-cache")
     })
 }
