@@ -10,23 +10,10 @@ use serde_json::{json, Value};
 use crate::harness::guests::{built, guest_dir, languages};
 use crate::harness::{notify, spawn_with_guests, Client};
 
-fn parse(body: &str) -> Value {
-    serde_json::from_str(body)
-        .unwrap_or_else(|e| panic!("guest produced invalid JSON {body:?}: {e}"))
-}
-
-/// The verdict as JSON, bodies parsed, so languages that space or order keys differently compare equal.
+/// The verdict as JSON, bodies parsed, so languages that space or order keys differently compare
+/// equal (as `pgws guest test` compares them).
 fn as_json(v: &Verdict) -> Value {
-    match v {
-        Verdict::Forward => json!("forward"),
-        Verdict::Drop => json!("drop"),
-        Verdict::Reject(r) => json!({ "reject": r }),
-        Verdict::Replace(b) => json!({ "replace": parse(b) }),
-        Verdict::Route(routes) => json!({ "route": routes.iter().map(|(t, b)| json!({
-            "topic": t,
-            "body": b.as_deref().map(parse),
-        })).collect::<Vec<_>>() }),
-    }
+    pgws::guest::cases::verdict_json(v)
 }
 
 /// Every language's passthrough, validator, reshaper and router give the table's verdicts.
