@@ -112,6 +112,7 @@ fn describe(target: &GuestTarget, m: &GuestModule) -> Json<serde_json::Value> {
         "version": m.version,
         "bytes": m.size,
         "compile_ms": m.compile_time.as_millis() as u64,
+        "from_cache": m.from_cache,
     }))
 }
 

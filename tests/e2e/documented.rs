@@ -566,7 +566,7 @@ fn files_with_mtimes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, std::tim
 }
 
 /// `--guest-cache`: the first start compiles the guest and stores the code there; a restart finds
-/// it and loads it from there, writing nothing new.
+/// it and loads it from there (its log says so), writing nothing new.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_loads_guests_from_the_cache() -> anyhow::Result<()> {
     let dir = guest_dir(&[("c", &rust_guest("reshaper"))]);
@@ -602,8 +602,13 @@ async fn a_restart_loads_guests_from_the_cache() -> anyhow::Result<()> {
     let mut stored = Vec::new();
     for start in 0..2 {
         let server = Server::start(&url, &args).await?;
+        let from_cache = if start == 0 {
+            "from_cache=false"
+        } else {
+            "from_cache=true"
+        };
         server
-            .wait_log(&["guest loaded", "guest=c"], PATIENCE)
+            .wait_log(&["guest loaded", "guest=c", from_cache], PATIENCE)
             .await?;
         let mut client = Client::connect(&server.ws_url("?tenant=c")).await?;
         notify(&sql, &format!(r#"c,{{"start":{start},"password":"p"}}"#)).await?;

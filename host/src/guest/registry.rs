@@ -100,6 +100,8 @@ pub struct GuestInfo {
     /// Unix time, in seconds.
     pub loaded_at: Option<u64>,
     pub compile_ms: Option<u64>,
+    /// Whether the compiled code came from `--guest-cache`.
+    pub from_cache: Option<bool>,
     /// Failed calls (traps, timeouts, caps) of this version.
     pub failures: u64,
     pub previous_version: Option<String>,
@@ -306,6 +308,7 @@ impl GuestRegistry {
                             .map_or(0, |d| d.as_secs())
                     }),
                     compile_ms: m.map(|m| m.compile_time.as_millis() as u64),
+                    from_cache: m.map(|m| m.from_cache),
                     failures: m.map_or(0, |m| m.failures.load(Ordering::Relaxed)),
                     previous_version: e.previous.as_ref().map(|p| p.version.clone()),
                     hooks,
@@ -386,6 +389,7 @@ impl GuestRegistry {
                     version = %module.version,
                     bytes = module.size,
                     compile_ms = module.compile_time.as_millis() as u64,
+                    from_cache = module.from_cache,
                     "guest loaded"
                 );
                 true

@@ -86,6 +86,8 @@ pub struct GuestModule {
     pub size: usize,
     pub loaded_at: SystemTime,
     pub compile_time: Duration,
+    /// Whether the compiled code came from `--guest-cache` rather than from compiling.
+    pub from_cache: bool,
     /// Failed calls of this version, for the admin listing.
     pub(super) failures: AtomicU64,
 }
@@ -115,6 +117,8 @@ impl std::fmt::Debug for GuestModule {
 #[derive(Clone)]
 pub struct GuestRuntime {
     pub(super) engine: Engine,
+    /// The compiled-code cache, if any; its hit count tells a cached load from a compile.
+    cache: Option<Cache>,
     linker: Arc<Linker<GuestState>>,
     pub(super) limits: GuestLimits,
 }
@@ -134,11 +138,15 @@ impl GuestRuntime {
             // stripped guests say nothing more and cost time on every trap.
             .wasm_backtrace_max_frames(None)
             .parallel_compilation(true);
-        if let Some(dir) = cache_dir {
-            let mut cache = CacheConfig::new();
-            cache.with_directory(dir);
-            config.cache(Some(Cache::new(cache)?));
-        }
+        let cache = match cache_dir {
+            Some(dir) => {
+                let mut cache = CacheConfig::new();
+                cache.with_directory(dir);
+                Some(Cache::new(cache)?)
+            }
+            None => None,
+        };
+        config.cache(cache.clone());
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::<GuestState>::new(&engine);
@@ -159,6 +167,7 @@ impl GuestRuntime {
 
         Ok(GuestRuntime {
             engine,
+            cache,
             linker: Arc::new(linker),
             limits,
         })
@@ -181,7 +190,11 @@ impl GuestRuntime {
     /// it may serve.
     pub fn compile(&self, bytes: &[u8]) -> Result<GuestModule, LoadError> {
         let started = Instant::now();
+        let hits = self.cache.as_ref().map(Cache::cache_hits);
         let component = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
+        // Compiles run one at a time per guest change; one that overlaps another may be told
+        // apart wrongly, which costs only this informational flag.
+        let from_cache = self.cache.as_ref().map(Cache::cache_hits) > hits;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -196,6 +209,7 @@ impl GuestRuntime {
             size: bytes.len(),
             loaded_at: SystemTime::now(),
             compile_time: started.elapsed(),
+            from_cache,
             failures: AtomicU64::new(0),
         })
     }
