@@ -711,10 +711,9 @@ async fn json_logs_are_one_object_per_line() -> anyhow::Result<()> {
         .local_addr()?
         .port();
     let listen_on = format!("127.0.0.1:{port}");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgws"))
+    let mut child = tokio::process::Command::from(crate::harness::server::pgws_command())
         .args(["--database-url", &url, "--listen", &listen_on])
         .args(["--insecure-tenant-param", "--log-format", "json"])
-        .env_remove("DATABASE_URL")
         .env("PGWS_LOG", "info")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

@@ -113,7 +113,7 @@ async fn nbf_audience_and_issuer_are_enforced() -> anyhow::Result<()> {
 /// An HS256 secret shorter than 32 bytes stops the server at start, saying why.
 #[tokio::test(flavor = "multi_thread")]
 async fn short_secrets_are_refused_at_start() -> anyhow::Result<()> {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgws"))
+    let out = tokio::process::Command::from(crate::harness::server::pgws_command())
         .args([
             "--listen",
             "127.0.0.1:0",

@@ -1,25 +1,19 @@
 //! The binary's helpers for developers and operators: `pgws token`, `pgws config check`, `PORT`, and
 //! socketio_pg's test page URL.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use serde_json::json;
 
+use crate::harness::server::pgws_command;
 use crate::harness::{notify, spawn_app, Client, PgCluster, PATIENCE};
 
 const SECRET: &str = "toolkit-secret-of-at-least-32-bytes";
 
 /// `pgws <args>` with nothing from the developer's environment.
 fn pgws(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pgws"));
-    for (key, _) in std::env::vars_os() {
-        let key_text = key.to_string_lossy();
-        if key_text.starts_with("PGWS_") || key_text == "DATABASE_URL" || key_text == "PORT" {
-            command.env_remove(&key);
-        }
-    }
-    command
+    pgws_command()
         .args(args)
         .envs(env.iter().copied())
         .env("RUST_BACKTRACE", "0")
@@ -175,13 +169,7 @@ async fn port_variable_and_the_socketio_pg_test_page() -> anyhow::Result<()> {
         .local_addr()?
         .port();
     let port_text = port.to_string();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pgws"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("PGWS_") {
-            command.env_remove(&key);
-        }
-    }
-    let mut child = command
+    let mut child = pgws_command()
         .args(["--database-url", &url])
         .env("PORT", &port_text)
         .stderr(std::process::Stdio::null())

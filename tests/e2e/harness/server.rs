@@ -36,13 +36,7 @@ impl Server {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Server> {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_pgws"));
-        // Nothing from the developer's shell reaches the server: only what the test gives it.
-        for (key, _) in std::env::vars_os() {
-            if key.to_str().is_some_and(|k| k.starts_with("PGWS_")) {
-                command.env_remove(&key);
-            }
-        }
+        let mut command = pgws_command();
         // Unless the test names one, the suite's own guest cache (see `run_cache`).
         let names_cache = args
             .iter()
@@ -54,7 +48,6 @@ impl Server {
         let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
-            .env_remove("DATABASE_URL")
             .envs(env.iter().copied())
             .env("PGWS_LOG", "info,pgws=debug")
             .env("NO_COLOR", "1")
@@ -273,6 +266,19 @@ impl Server {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+}
+
+/// The `pgws` binary with nothing from the developer's shell that would configure it (`PGWS_*`,
+/// `DATABASE_URL`, `PORT`): only what the test gives it.
+pub fn pgws_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pgws"));
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy();
+        if name.starts_with("PGWS_") || name == "DATABASE_URL" || name == "PORT" {
+            command.env_remove(&key);
+        }
+    }
+    command
 }
 
 impl Drop for Server {
