@@ -1,5 +1,5 @@
-//! The subcommands: what `pgws` does instead of serving — `token`, `config check`, `guest check`
-//! and `guest test`. Each prints its result and returns an error (a non-zero exit) when it failed.
+//! The subcommands: what `pgws` does instead of serving — `token`, `config check`, `guest new`,
+//! `guest check` and `guest test`. Each prints its result and returns an error (a non-zero exit) when it failed.
 
 use anyhow::Context;
 use pgws::config::{Command, Config, ConfigCommand, GuestCommand};
@@ -10,6 +10,19 @@ pub async fn run(config: &Config, command: &Command) -> anyhow::Result<()> {
         Command::Token(request) => {
             config.validate().map_err(anyhow::Error::msg)?;
             println!("{}", pgws::auth::mint(&config.tokens, request)?);
+            Ok(())
+        }
+        Command::Guest(GuestCommand::New { name, lang, dir }) => {
+            let dir = dir.clone().unwrap_or_else(|| name.into());
+            let files = pgws::guest::template::render(name, *lang)?;
+            pgws::guest::template::write(&dir, &files)?;
+            for file in &files {
+                println!("created {}", dir.join(file.path).display());
+            }
+            println!(
+                "next: cd {} && ./build.sh && pgws guest test {name}.wasm cases.json",
+                dir.display()
+            );
             Ok(())
         }
         Command::Guest(GuestCommand::Check { file }) => check_guest(config, file),
@@ -57,8 +70,9 @@ pub async fn run(config: &Config, command: &Command) -> anyhow::Result<()> {
 /// `pgws guest check <file>`: the report, and an error (non-zero exit) when the server would refuse it.
 fn check_guest(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let runtime = pgws::guest::GuestRuntime::new((&config.guest).into(), None)
-        .context("starting the WebAssembly runtime")?;
+    let runtime =
+        pgws::guest::GuestRuntime::new((&config.guest).into(), config.guest.guest_cache.clone())
+            .context("starting the WebAssembly runtime")?;
     let report = pgws::guest::inspect(&runtime, &bytes)
         .with_context(|| format!("{} would not load", file.display()))?;
     println!("file:          {}", file.display());
@@ -82,8 +96,9 @@ async fn test_guest(
     cases: &[cases::Case],
 ) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let runtime = pgws::guest::GuestRuntime::new((&config.guest).into(), None)
-        .context("starting the WebAssembly runtime")?;
+    let runtime =
+        pgws::guest::GuestRuntime::new((&config.guest).into(), config.guest.guest_cache.clone())
+            .context("starting the WebAssembly runtime")?;
     let module = runtime
         .compile(&bytes)
         .with_context(|| format!("{} would not load", file.display()))?;

@@ -17,5 +17,6 @@ mod pipeline;
 mod quickstart;
 mod reliability;
 mod socketio;
+mod templates;
 mod toolkit;
 mod triggers;

@@ -116,9 +116,22 @@ pub enum Command {
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum GuestCommand {
+    /// Make a guest project: the WIT, a guest that forwards every message, `build.sh` (one
+    /// command builds `<name>.wasm`) and a `cases.json` for `pgws guest test`.
+    New {
+        /// The project's name (a-z 0-9 _ -): its directory, package and `.wasm` file.
+        name: String,
+        /// The language: rust, js (QuickJS via componentize-qjs), python (componentize-py) or c
+        /// (clang + wasi-libc).
+        #[arg(long, value_enum)]
+        lang: crate::guest::template::Language,
+        /// Where to make it (default: ./<name>). Must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Whether the server would load a component (under the configured --guest-* limits): its
     /// world, the hooks it exports, what it imports, its size and compile time. Exits 0 only if
-    /// it would load.
+    /// it would load. With --guest-cache, compiled code is kept there as the server keeps it.
     Check {
         /// The component, e.g. target/wasm32-wasip2/release/my_guest.wasm.
         file: PathBuf,
@@ -127,6 +140,7 @@ pub enum GuestCommand {
     /// limits, each case's verdict and time, and pass/fail against what the case expects (the
     /// format of guest/conformance.json; cases naming another guest are skipped). Exits non-zero
     /// if a case fails. Or one notification: --body '{"id": 1}' [--tenant t] [--topic x].
+    /// With --guest-cache, compiled code is kept there as the server keeps it.
     Test {
         file: PathBuf,
         /// The cases file.

@@ -7,7 +7,8 @@
 //! - `registry`: which module serves which tenant, swapped atomically, with one version of history;
 //! - `watch`: follows the guest directory and reloads what changed;
 //! - `inspect`: what `pgws guest check` reports about a component;
-//! - `cases`: notifications and expected verdicts, as `pgws guest test` runs them.
+//! - `cases`: notifications and expected verdicts, as `pgws guest test` runs them;
+//! - `template`: the projects `pgws guest new` makes.
 //!
 //! Nothing here knows about sockets or Postgres; the workers call in with one notification at a time.
 
@@ -18,6 +19,7 @@ mod instance;
 mod registry;
 mod runtime;
 mod state;
+pub mod template;
 mod watch;
 
 pub use bindings::{

@@ -11,6 +11,13 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Where cargo builds: `CARGO_TARGET_DIR`, or `target/` in the repository.
+pub fn build_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"))
+}
+
 /// The languages listed in `guest/languages`.
 pub fn languages() -> Vec<String> {
     std::fs::read_to_string(repo().join("guest/languages"))
@@ -25,9 +32,7 @@ pub fn languages() -> Vec<String> {
 /// Runs `guest/<language>/build.sh` into the target directory and returns the directory of
 /// `<guest>.wasm` files. The scripts skip guests that are already up to date.
 pub fn build(language: &str) -> PathBuf {
-    let base = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target"));
+    let base = build_dir();
     let out = base.join("guests-out").join(language);
     let mut cmd = Command::new(repo().join("guest").join(language).join("build.sh"));
     cmd.arg(&out);

@@ -293,12 +293,7 @@ impl Drop for Server {
 /// rather than on every run. Entries are keyed by the component's bytes and the engine's settings
 /// and written atomically, so servers running at once can share it; the tests about caching give
 /// their server a fresh one.
-fn run_cache() -> &'static PathBuf {
+pub fn run_cache() -> &'static PathBuf {
     static CACHE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    CACHE.get_or_init(|| {
-        std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| super::languages::repo().join("target"))
-            .join("test-guest-cache")
-    })
+    CACHE.get_or_init(|| super::languages::build_dir().join("test-guest-cache"))
 }
