@@ -103,6 +103,8 @@ pub fn apply(verdict: Verdict, n: &Notify) -> Outcome {
 pub struct TenantStream {
     /// Last sequence number given to this tenant's deliveries.
     seq: AtomicU64,
+    /// Notifications that reached the tenant (counted by the workers as they take them).
+    pub received: metrics::Counter,
     published: metrics::Counter,
     dropped: metrics::Counter,
 }
@@ -111,6 +113,7 @@ impl TenantStream {
     pub fn new(tenant: &TenantId) -> Self {
         TenantStream {
             seq: AtomicU64::new(0),
+            received: metrics::counter!(m::TENANT_NOTIFICATIONS, "tenant" => tenant.to_string()),
             published: metrics::counter!(m::MESSAGES_PUBLISHED, "tenant" => tenant.to_string()),
             dropped: metrics::counter!(m::MESSAGES_DROPPED, "tenant" => tenant.to_string()),
         }

@@ -28,9 +28,10 @@
 //! - [`socketio`]: the socket.io endpoint (socketio_pg's events);
 //! - [`handshakes`]: the cap on Engine.IO sessions that have not authenticated yet;
 //! - [`server`]: the accept loop, plain HTTP routes, start-up and shutdown order;
-//! - [`admin`]: the token-guarded API to list, upload, remove and roll back guests;
+//! - [`admin`]: the token-guarded API to list, upload, remove and roll back guests, and the
+//!   operator's console over it;
 //! - [`embedded`]: the private development PostgreSQL started when no database URL is given;
-//! - [`config`], [`metrics`]: settings and the `/metrics` vocabulary.
+//! - [`config`], [`metrics`]: settings, and the `/metrics` vocabulary with the console's live figures.
 
 pub mod admin;
 pub mod admission;

@@ -35,13 +35,13 @@ async fn main() -> anyhow::Result<()> {
         *lock(&embedded) = Some(pg);
     }
 
-    let metrics = pgws::metrics::install().context("installing the metrics recorder")?;
+    let recorded = pgws::metrics::install().context("installing the metrics recorder")?;
     let tcp =
         pgws::server::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
 
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone(), embedded.clone()));
-    let served = pgws::server::run(config, tcp, Some(metrics), shutdown).await;
+    let served = pgws::server::run(config, tcp, Some(recorded), shutdown).await;
     tokio::task::spawn_blocking(move || stop_embedded(&embedded)).await?;
     served
 }

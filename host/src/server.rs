@@ -72,7 +72,7 @@ struct AppState {
 pub async fn run(
     config: Config,
     tcp: TcpListener,
-    metrics: Option<PrometheusHandle>,
+    metrics: Option<crate::metrics::Recorded>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
@@ -216,13 +216,22 @@ pub async fn run(
     };
     let state = AppState {
         readiness,
-        metrics,
+        metrics: metrics.as_ref().map(|m| m.prometheus.clone()),
         metrics_token: config.metrics_token.as_deref().map(Arc::from),
     };
     // `/metrics` and `/admin/*`: on the main address, or only on their own.
     let operator = {
         let admin = match &config.admin_token {
-            Some(token) => crate::admin::routes(registry.clone(), channels.clone(), token),
+            Some(token) => crate::admin::routes(crate::admin::Admin {
+                registry: registry.clone(),
+                channels: channels.clone(),
+                token: Arc::from(token.as_str()),
+                figures: metrics
+                    .as_ref()
+                    .map(|m| m.figures.clone())
+                    .unwrap_or_default(),
+                isolation: Duration::from_secs(config.workers.guest_isolation_secs),
+            }),
             None => Router::new(),
         };
         Router::new()

@@ -7,7 +7,9 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::harness::guests::{guest_dir, repo, rust_guest};
-use crate::harness::{listen, notify, spawn_with_guests, PATIENCE};
+use serde_json::json;
+
+use crate::harness::{listen, notify, spawn_app, spawn_with_guests, Client, PATIENCE};
 
 /// The next step the browser script reports.
 async fn step(
@@ -165,4 +167,109 @@ fn artifacts() -> std::path::PathBuf {
     let dir = base.join("test-artifacts");
     let _ = std::fs::create_dir_all(&dir);
     dir
+}
+
+/// The admin API's guest list.
+async fn guests(server: &crate::harness::Server, token: &str) -> anyhow::Result<serde_json::Value> {
+    let (_, body) = server.admin(token, "GET", "/admin/guests", b"").await?;
+    Ok(body["guests"].clone())
+}
+
+/// The first message whose `marker` is `marker`, skipping the steady flow around it.
+async fn marked(client: &mut Client, marker: u64) -> anyhow::Result<serde_json::Value> {
+    loop {
+        let message = client.recv_json().await?;
+        if message["marker"] == marker {
+            return Ok(message);
+        }
+    }
+}
+
+/// The operator's console in Chromium: a wrong token is refused and the right one kept out of the
+/// URL; a tenant's rate moves while messages flow; the upload button swaps guests (the next message
+/// shows which one serves), the rollback button goes back, remove removes; screenshot kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn console_in_headless_chromium() -> anyhow::Result<()> {
+    const ADMIN: &str = "console-admin-token";
+    let (server, sql) = spawn_app(&[
+        "--admin-token",
+        ADMIN,
+        "--insecure-tenant-param",
+        "--frame",
+        "raw",
+    ])
+    .await?;
+    let mut client = Client::connect(&server.ws_url("?tenant=acme")).await?;
+    let shot = artifacts().join("console.png");
+    let _ = std::fs::remove_file(&shot);
+    let (v1, v2) = (rust_guest("passthrough"), rust_guest("reshaper"));
+    let url = format!("http://{}/admin/", server.addr);
+    let args: [&std::ffi::OsStr; 5] = [
+        url.as_ref(),
+        ADMIN.as_ref(),
+        v1.as_ref(),
+        v2.as_ref(),
+        shot.as_ref(),
+    ];
+    let mut page = PageScript::start("console.mjs", &args).await?;
+    assert_eq!(page.step().await?, "SIGNED_IN");
+
+    // A steady flow for acme while the page watches.
+    let flowing = tokio::spawn(async move {
+        for n in 0u64.. {
+            notify(&sql, &format!(r#"acme,{{"flow":{n}}}"#)).await?;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok::<_, anyhow::Error>(sql)
+    });
+    let marker = |n: u64| format!(r#"acme,{{"marker":{n},"usr":"ann"}}"#);
+    page.go_on().await?;
+    let rate = page.step().await?;
+    let value: f64 = rate.strip_prefix("RATE ").expect("RATE").parse()?;
+    assert!(value > 0.0, "{rate}");
+
+    let first = page.step().await?;
+    let v1_version = first
+        .strip_prefix("UPLOADED ")
+        .expect("UPLOADED")
+        .to_owned();
+    assert_eq!(
+        guests(&server, ADMIN).await?[0]["version"],
+        v1_version.as_str()
+    );
+    let sql = crate::harness::connect(server.database_url()).await?;
+    notify(&sql, &marker(1)).await?;
+    assert_eq!(
+        marked(&mut client, 1).await?,
+        json!({"marker": 1, "usr": "ann"})
+    );
+    page.go_on().await?;
+
+    let second = page.step().await?;
+    let v2_version = second.strip_prefix("UPLOADED ").expect("UPLOADED");
+    assert_ne!(v2_version, v1_version);
+    notify(&sql, &marker(2)).await?;
+    assert_eq!(
+        marked(&mut client, 2).await?,
+        json!({"marker": 2, "user": "ann", "tenant": "acme"}),
+        "the reshaper serves"
+    );
+    page.go_on().await?;
+
+    assert_eq!(page.step().await?, format!("ROLLED_BACK {v1_version}"));
+    notify(&sql, &marker(3)).await?;
+    assert_eq!(
+        marked(&mut client, 3).await?,
+        json!({"marker": 3, "usr": "ann"})
+    );
+    page.go_on().await?;
+
+    assert_eq!(page.step().await?, "SCREENSHOT");
+    assert_eq!(page.step().await?, "REMOVED");
+    assert!(page.node.wait().await?.success());
+    assert_eq!(guests(&server, ADMIN).await?, json!([]));
+    assert!(std::fs::metadata(&shot)?.len() > 1000);
+    eprintln!("console screenshot: {}", shot.display());
+    flowing.abort();
+    Ok(())
 }

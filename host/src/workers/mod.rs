@@ -205,6 +205,7 @@ impl Workers {
                     // A lane delivering inline is not quiet (see `FORGET_AFTER`).
                     state.idle_since = Instant::now();
                 }
+                lane.stream.received.increment(1);
                 let outcome = Outcome::Deliver(vec![n.original()]);
                 self.inner
                     .deliverer
@@ -338,6 +339,9 @@ impl Inner {
         let mut state = lane.lock();
         if state.forgotten {
             return Err(job);
+        }
+        if matches!(job, Job::Notify(_)) {
+            lane.stream.received.increment(1);
         }
         if state.jobs.len() >= self.scheduling.queue_per_tenant {
             // Only a dropped message opens an episode: that is what its log line and the

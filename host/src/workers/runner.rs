@@ -190,6 +190,7 @@ impl Runner {
         );
         if slot.failures >= rules.max_failures {
             slot.isolated_until = Some(Instant::now() + rules.isolation);
+            metrics::counter!(m::GUEST_ISOLATIONS, "tenant" => tenant.to_string()).increment(1);
             tracing::error!(
                 %tenant,
                 failures = slot.failures,

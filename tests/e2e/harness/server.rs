@@ -19,7 +19,7 @@ pub struct Server {
 }
 
 /// Every metric name pgws declares, to tell a series not recorded yet from a misspelt one.
-const DECLARED_METRICS: &str = include_str!("../../../host/src/metrics.rs");
+const DECLARED_METRICS: &str = include_str!("../../../host/src/metrics/mod.rs");
 
 impl Server {
     /// Starts `pgws --database-url <url> --listen 127.0.0.1:0 <args>` and waits until it is ready.

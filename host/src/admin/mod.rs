@@ -1,5 +1,6 @@
 //! The admin API: list, upload, remove and roll back tenant guests while the server runs, and show
-//! which Postgres channels socket.io clients hold.
+//! which Postgres channels socket.io clients hold; and the operator's console that uses it
+//! (`console`).
 //!
 //! Owns the `/admin/guests` routes and their bearer-token guard. Uploads are compiled off the async
 //! runtime and installed only if valid; a refused module leaves the running one serving and the reason
@@ -14,8 +15,11 @@
 //! POST   /admin/guests/<tenant>/rollback → 200 {version…} | 409 when there is no previous version
 //! GET    /admin/channels                 channels subscribed by name: {subscribed: {channel:
 //!                                        {tenant: sockets}}, listening: pg_listening_channels()}
+//! GET    /admin/stats                    the console's live figures: per-tenant totals, listener
+//! GET    /admin/                         the console page (no data of its own: it asks for the token)
 //! ```
-//! `<tenant>` may be `_default`. Every request needs `Authorization: Bearer <--admin-token>`.
+//! `<tenant>` may be `_default`. Every request but the console's page and scripts needs
+//! `Authorization: Bearer <--admin-token>`.
 
 use std::sync::Arc;
 
@@ -30,26 +34,30 @@ use serde_json::json;
 
 use crate::channels::Channels;
 use crate::guest::{GuestModule, GuestRegistry, GuestTarget, LoadError};
+use crate::metrics::Figures;
+
+mod console;
 
 /// Largest component the API accepts (Python and JavaScript components run to tens of MB).
 const MAX_UPLOAD: usize = 128 << 20;
 
+/// What the admin routes work on.
 #[derive(Clone)]
-struct Admin {
-    registry: Arc<GuestRegistry>,
-    channels: Arc<Channels>,
-    token: Arc<str>,
+pub struct Admin {
+    pub registry: Arc<GuestRegistry>,
+    pub channels: Arc<Channels>,
+    /// `--admin-token`.
+    pub token: Arc<str>,
+    pub figures: Arc<Figures>,
+    /// `--guest-isolation-secs`, to tell how long an isolation has left.
+    pub isolation: std::time::Duration,
 }
 
-/// The admin routes, guarded by `token`.
-pub fn routes(registry: Arc<GuestRegistry>, channels: Arc<Channels>, token: &str) -> Router {
-    let admin = Admin {
-        registry,
-        channels,
-        token: Arc::from(token),
-    };
+/// The admin routes, guarded by the admin token, and the console's page.
+pub fn routes(admin: Admin) -> Router {
     Router::new()
         .route("/admin/guests", get(list))
+        .route("/admin/stats", get(console::stats))
         .route("/admin/channels", get(channels_report))
         .route(
             "/admin/guests/{name}",
@@ -60,6 +68,7 @@ pub fn routes(registry: Arc<GuestRegistry>, channels: Arc<Channels>, token: &str
         .route("/admin/guests/{name}/rollback", post(rollback))
         .layer(middleware::from_fn_with_state(admin.clone(), guard))
         .with_state(admin)
+        .merge(console::page())
 }
 
 /// Compares in constant time, so response timing does not reveal how much of a guess was right.
@@ -216,7 +225,13 @@ mod tests {
         ));
         let (channels, _commands) =
             Channels::new(&["pgwebsocket".into()], "pgwebsocket", Default::default());
-        routes(registry, Arc::new(channels), "admin-secret")
+        routes(Admin {
+            registry,
+            channels: Arc::new(channels),
+            token: Arc::from("admin-secret"),
+            figures: Arc::default(),
+            isolation: Duration::from_secs(30),
+        })
     }
 
     async fn call(

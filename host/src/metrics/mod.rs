@@ -1,14 +1,24 @@
-//! Metric names, their descriptions, and the Prometheus exporter.
+//! Metric names, their descriptions, and the recorders that keep them: the Prometheus exporter and
+//! the console's live figures (`figures`).
 //!
 //! Owns the vocabulary of `/metrics`: every other module records through the `metrics` macros with a
-//! name from here, so the set of series is visible in one place. It does not serve HTTP (`server` does).
+//! name from here, so the set of series is visible in one place. It does not serve HTTP (`server` and
+//! `admin` do).
+
+mod figures;
+
+use std::sync::Arc;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::layers::FanoutBuilder;
 use metrics_util::MetricKindMask;
+
+pub use figures::{Figures, Snapshot, TenantSnapshot, CALL_TIME_BOUNDS_US};
 
 pub const NOTIFICATIONS_RECEIVED: &str = "pgws_notifications_received_total";
 pub const NOTIFICATIONS_REJECTED: &str = "pgws_notifications_rejected_total";
 pub const MESSAGES_DROPPED: &str = "pgws_messages_dropped_total";
+pub const TENANT_NOTIFICATIONS: &str = "pgws_tenant_notifications_total";
 pub const MESSAGES_PUBLISHED: &str = "pgws_messages_published_total";
 pub const DELIVERIES: &str = "pgws_deliveries_total";
 pub const CONNECTIONS: &str = "pgws_connections";
@@ -23,6 +33,7 @@ pub const GUEST_CALLS: &str = "pgws_guest_calls_total";
 pub const GUEST_FAILURES: &str = "pgws_guest_failures_total";
 pub const GUEST_CALL_SECONDS: &str = "pgws_guest_call_seconds";
 pub const GUEST_LOADS: &str = "pgws_guest_loads_total";
+pub const GUEST_ISOLATIONS: &str = "pgws_guest_isolations_total";
 pub const GUEST_THROTTLED: &str = "pgws_guest_throttled_total";
 pub const GUESTS_NOT_LOADED: &str = "pgws_guests_not_loaded";
 pub const TENANT_QUEUE_DROPS: &str = "pgws_tenant_queue_dropped_total";
@@ -38,9 +49,16 @@ pub const LIMIT_REFUSALS: &str = "pgws_limit_refusals_total";
 pub const SOCKETIO_HANDSHAKES_REFUSED: &str = "pgws_socketio_handshakes_refused_total";
 pub const METRICS_REFUSED: &str = "pgws_metrics_refused_total";
 
+/// Where recorded series can be read: the Prometheus exposition and the console's figures.
+#[derive(Clone)]
+pub struct Recorded {
+    pub prometheus: PrometheusHandle,
+    pub figures: Arc<Figures>,
+}
+
 /// Installs the global recorder and describes every series. Call once, from the binary.
-pub fn install() -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
+pub fn install() -> anyhow::Result<Recorded> {
+    let prometheus = PrometheusBuilder::new()
         // Per-tenant counters and histograms of tenants that went quiet are dropped after an hour
         // (a scrape sees a counter reset if the tenant comes back): tenant names come from NOTIFY
         // payloads, so their series must not accumulate for ever. Gauges (connections) stay: a gauge
@@ -59,9 +77,20 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
             Matcher::Full(LISTENER_LAG.into()),
             &[1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0],
         )?
-        .install_recorder()?;
+        .build_recorder();
+    let figures = Arc::new(Figures::default());
+    let recorded = Recorded {
+        prometheus: prometheus.handle(),
+        figures: figures.clone(),
+    };
+    let both = FanoutBuilder::default()
+        .add_recorder(prometheus)
+        .add_recorder(figures::FiguresRecorder(figures))
+        .build();
+    metrics::set_global_recorder(both)
+        .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
     describe();
-    Ok(handle)
+    Ok(recorded)
 }
 
 fn describe() {
@@ -77,6 +106,10 @@ fn describe() {
     describe_counter!(
         MESSAGES_DROPPED,
         "Messages a guest chose to drop, by tenant"
+    );
+    describe_counter!(
+        TENANT_NOTIFICATIONS,
+        "Notifications that reached their tenant (before its guest; including those its full queue dropped), by tenant"
     );
     describe_counter!(
         MESSAGES_PUBLISHED,
@@ -110,6 +143,10 @@ fn describe() {
         GUEST_CALL_SECONDS,
         Unit::Seconds,
         "Guest running time per call (time waiting for a thread excluded), by tenant"
+    );
+    describe_counter!(
+        GUEST_ISOLATIONS,
+        "Times a tenant's guest was isolated after repeated failures (for --guest-isolation-secs), by tenant"
     );
     describe_counter!(
         GUEST_THROTTLED,
