@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pgws::envelope::{Envelope, JsonBody, TenantId};
 use pgws::frame::{self, FrameFormat};
 use pgws::guest::{GuestInstance, GuestLimits, GuestRuntime, NotificationRef};
-use pgws::hub::{Audience, Delivery, Hub, TopicFilter};
+use pgws::hub::{Audience, Delivery, Durable, Hub, TopicFilter};
 
 /// A ~200-byte body with a secret field for the reshaper and a `kind` for the router.
 const BODY: &str = r#"{"id":12345,"kind":"orders","usr":"ann","password":"hunter2","amount":1999,"currency":"EUR","items":[{"sku":"A-1","qty":2},{"sku":"B-7","qty":1}],"note":"deliver after 5pm, ring twice"}"#;
@@ -31,10 +31,10 @@ fn fanout(c: &mut Criterion) {
     let id = uuid::Uuid::new_v4();
     let mut g = c.benchmark_group("frame");
     g.bench_function("encode_pgws", |b| {
-        b.iter(|| frame::encode(FrameFormat::Pgws, "pgwebsocket", None, 1, &id, &body))
+        b.iter(|| frame::encode(FrameFormat::Pgws, "pgwebsocket", None, 1, None, &id, &body))
     });
     g.bench_function("encode_raw", |b| {
-        b.iter(|| frame::encode(FrameFormat::Raw, "pgwebsocket", None, 1, &id, &body))
+        b.iter(|| frame::encode(FrameFormat::Raw, "pgwebsocket", None, 1, None, &id, &body))
     });
     g.finish();
 
@@ -55,7 +55,14 @@ fn fanout(c: &mut Criterion) {
     let _regs: Vec<_> = (0..1000)
         .map(|_| {
             let ticket = admission.admit(&tenant).expect("place");
-            let reg = hub.register(ticket, &tenant, FrameFormat::Pgws, TopicFilter::All, None);
+            let reg = hub.register(
+                ticket,
+                &tenant,
+                FrameFormat::Pgws,
+                TopicFilter::All,
+                Durable::After(None),
+                None,
+            );
             let (server, mut client) = rt.block_on(async {
                 let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
                 let (server, _) = listener.accept().await.expect("accept");
@@ -74,6 +81,7 @@ fn fanout(c: &mut Criterion) {
         .collect();
     let batch: Vec<Delivery> = (0..10)
         .map(|seq| Delivery {
+            position: None,
             tenant: tenant.clone(),
             audience: Audience::Sessions,
             topic: None,

@@ -1,8 +1,8 @@
 //! The subcommands: what `pgws` does instead of serving — `token`, `config check`, `guest new`,
-//! `guest check` and `guest test`. Each prints its result and returns an error (a non-zero exit) when it failed.
+//! `guest check`, `guest test` and `schema install`. Each prints its result and returns an error (a non-zero exit) when it failed.
 
 use anyhow::Context;
-use pgws::config::{Command, Config, ConfigCommand, GuestCommand};
+use pgws::config::{Command, Config, ConfigCommand, GuestCommand, SchemaCommand};
 use pgws::guest::cases;
 
 pub async fn run(config: &Config, command: &Command) -> anyhow::Result<()> {
@@ -57,6 +57,21 @@ pub async fn run(config: &Config, command: &Command) -> anyhow::Result<()> {
                 (None, None) => anyhow::bail!("give a cases file or --body '<json>'"),
             };
             test_guest(config, file, &cases).await
+        }
+        Command::Schema(SchemaCommand::Install) => {
+            let url = config
+                .database_url
+                .as_deref()
+                .context("no database: pass --database-url or set DATABASE_URL")?;
+            let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .context("connecting to PostgreSQL")?;
+            let connection = tokio::spawn(connection);
+            let version = pgws::streams::schema::install(&mut client).await?;
+            drop(client);
+            let _ = connection.await;
+            println!("durable-streams schema version {version} is installed (pgws_stream, pgws_message, pgws_publish)");
+            Ok(())
         }
         Command::Config(ConfigCommand::Check) => {
             config.validate().map_err(anyhow::Error::msg)?;

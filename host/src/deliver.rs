@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::envelope::{JsonBody, TenantId, Topic};
+use crate::envelope::{JsonBody, Position, TenantId, Topic};
 use crate::guest::{NotificationRef, Verdict};
 use crate::hub::{Audience, Delivery, Hub};
 use crate::metrics as m;
@@ -23,6 +23,8 @@ pub struct Notify {
     pub channel: Arc<str>,
     pub received: Instant,
     pub audience: Audience,
+    /// A durable message's place in its tenant's stream; `None` for a NOTIFY.
+    pub position: Option<Position>,
 }
 
 impl Notify {
@@ -160,34 +162,26 @@ impl Deliverer {
             }
         };
         for (topic, body) in messages {
-            let delivery = match n.audience {
-                Audience::Sessions => Delivery {
-                    tenant: n.tenant.clone(),
-                    audience: Audience::Sessions,
-                    topic,
-                    seq: stream.seq.fetch_add(1, Ordering::Relaxed) + 1,
-                    id: uuid::Uuid::new_v4(),
-                    channel: n.channel.clone(),
-                    body,
-                },
-                // A guest's `route` verdict sends each body on the route's topic taken as a
-                // channel name.
-                Audience::SocketIo => Delivery {
-                    tenant: n.tenant.clone(),
-                    audience: Audience::SocketIo,
-                    channel: topic
-                        .as_ref()
-                        .map_or_else(|| n.channel.clone(), |t| Arc::from(t.as_str())),
-                    topic,
-                    seq: 0,
-                    id: uuid::Uuid::nil(),
-                    body,
-                },
+            let seq = match n.audience {
+                Audience::Sessions => stream.seq.fetch_add(1, Ordering::Relaxed) + 1,
+                Audience::SocketIo => 0,
             };
-            batch.deliveries.push(delivery);
+            batch.deliveries.push(delivery(n, topic, body, seq));
         }
         stream.published.increment(1);
         metrics::histogram!(m::LISTENER_LAG).record(n.received.elapsed().as_secs_f64());
+    }
+
+    /// What a replayed message becomes for the session that missed it: its deliveries, unnumbered
+    /// and uncounted (they were counted when they first went out).
+    pub fn replayed(&self, n: &Notify, outcome: Outcome) -> Vec<Delivery> {
+        match outcome {
+            Outcome::Deliver(messages) => messages
+                .into_iter()
+                .map(|(topic, body)| delivery(n, topic, body, 0))
+                .collect(),
+            Outcome::Dropped | Outcome::Rejected(..) => Vec::new(),
+        }
     }
 
     /// Fans out everything in `batch` and empties it.
@@ -196,6 +190,35 @@ impl Deliverer {
             self.hub.publish(&batch.deliveries);
             batch.deliveries.clear();
         }
+    }
+}
+
+/// One delivery of `n`: `body` for `topic`.
+fn delivery(n: &Notify, topic: Option<Topic>, body: JsonBody, seq: u64) -> Delivery {
+    match n.audience {
+        Audience::Sessions => Delivery {
+            tenant: n.tenant.clone(),
+            audience: Audience::Sessions,
+            topic,
+            seq,
+            position: n.position.clone(),
+            id: uuid::Uuid::new_v4(),
+            channel: n.channel.clone(),
+            body,
+        },
+        // A guest's `route` verdict sends each body on the route's topic taken as a channel name.
+        Audience::SocketIo => Delivery {
+            tenant: n.tenant.clone(),
+            audience: Audience::SocketIo,
+            channel: topic
+                .as_ref()
+                .map_or_else(|| n.channel.clone(), |t| Arc::from(t.as_str())),
+            topic,
+            seq: 0,
+            position: None,
+            id: uuid::Uuid::nil(),
+            body,
+        },
     }
 }
 
@@ -211,6 +234,7 @@ mod tests {
             channel: Arc::from("pgwebsocket"),
             received: Instant::now(),
             audience,
+            position: None,
         }
     }
 

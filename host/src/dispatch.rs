@@ -4,8 +4,9 @@
 //! clients subscribed to by name goes to every tenant with a subscriber there, once per tenant.
 //! This loop never waits on a tenant: [`Workers::dispatch`] only queues (or delivers a guest-free
 //! tenant's message at once). Events that arrived together (a transaction's NOTIFYs) are taken
-//! together, so guest-free tenants' subscribers get them in one write. It does not run guests
-//! (`workers`) or reach sockets (`hub`).
+//! together, so guest-free tenants' subscribers get them in one write. A doorbell of the durable
+//! streams goes to `streams`, which reads the stored messages. It does not run guests (`workers`)
+//! or reach sockets (`hub`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +19,7 @@ use crate::envelope::Envelope;
 use crate::hub::{Audience, Hub};
 use crate::listener::ListenerEvent;
 use crate::metrics as m;
+use crate::streams::{Streams, DOORBELL_CHANNEL};
 use crate::workers::Workers;
 
 /// Feeds listener events to the workers until `events` closes.
@@ -26,17 +28,23 @@ pub async fn run(
     workers: Workers,
     hub: Arc<Hub>,
     channels: Arc<Channels>,
+    streams: Option<Streams>,
 ) {
     let mut batch = Batch::default();
     while let Some(events) = events.recv().await {
         for event in events {
             match event {
-                ListenerEvent::Notification { channel, payload } => {
-                    notification(&workers, &channels, channel, &payload, &mut batch)
-                }
+                ListenerEvent::Notification { channel, payload } => match &streams {
+                    Some(streams) if &*channel == DOORBELL_CHANNEL => streams.doorbell(&payload),
+                    _ => notification(&workers, &channels, channel, &payload, &mut batch),
+                },
                 ListenerEvent::Gap => {
                     workers.publish(&mut batch);
                     hub.gap();
+                    // Stored messages are not lost, but their doorbells were: read them now.
+                    if let Some(streams) = &streams {
+                        streams.doorbells_lost();
+                    }
                 }
             }
         }
@@ -67,6 +75,7 @@ fn notification(
                 channel: channel.clone(),
                 received,
                 audience: Audience::SocketIo,
+                position: None,
             };
             workers.dispatch(n, batch);
         }
@@ -85,6 +94,7 @@ fn notification(
                 channel,
                 received,
                 audience: Audience::Sessions,
+                position: None,
             };
             workers.dispatch(n, batch);
         }
@@ -119,7 +129,7 @@ mod tests {
     use crate::envelope::TenantId;
     use crate::frame::FrameFormat;
     use crate::guest::{GuestLimits, GuestRegistry, GuestRuntime};
-    use crate::hub::{Hub, Registration, TopicFilter};
+    use crate::hub::{Durable, Hub, Registration, TopicFilter};
     use clap::Parser;
 
     /// Workers with no guest (every tenant delivered inline), a one-shard hub that fans out on the
@@ -144,7 +154,14 @@ mod tests {
         let ticket = Arc::new(Admission::default())
             .admit(&tenant)
             .expect("place");
-        hub.register(ticket, &tenant, FrameFormat::Raw, filter, None)
+        hub.register(
+            ticket,
+            &tenant,
+            FrameFormat::Raw,
+            filter,
+            Durable::After(None),
+            None,
+        )
     }
 
     /// The bodies of the frames waiting in a (never attached) session's outbox.

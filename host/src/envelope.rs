@@ -236,6 +236,22 @@ fn check_json(s: &str) -> Result<(), EnvelopeError> {
         .map_err(|e| EnvelopeError::InvalidJson(e.to_string()))
 }
 
+/// Where a durable message sits in its tenant's stream (`streams`): an offset, dense and in commit
+/// order, within an epoch (a stream that was reset starts a new epoch and counts from 1 again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: Arc<str>,
+    pub offset: u64,
+}
+
+impl Position {
+    /// Whether `self` comes after `other` in the same stream; a position of another epoch is not
+    /// comparable and counts as after.
+    pub fn is_after(&self, other: &Position) -> bool {
+        self.epoch != other.epoch || self.offset > other.offset
+    }
+}
+
 /// One parsed NOTIFY payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {

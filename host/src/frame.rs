@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-use crate::envelope::{JsonBody, Topic};
+use crate::envelope::{JsonBody, Position, Topic};
 use crate::wire;
 
 /// How a session wants its messages framed. `--frame` picks `pgws` or `raw` for clients of pgws's
@@ -18,7 +18,8 @@ pub enum FrameFormat {
     Pgws,
     /// The JSON body alone.
     Raw,
-    /// The `pgws.v1` envelope: `{"topic":<topic or null>,"seq":<n>,"data":<body>}`.
+    /// The `pgws.v1` envelope: `{"topic":<topic or null>,"seq":<n>,"data":<body>}`, or for a durable
+    /// message `{"topic":…,"offset":<n>,"epoch":"<e>","data":…}`.
     #[value(skip)]
     Envelope,
 }
@@ -30,6 +31,7 @@ pub fn encode(
     channel: &str,
     topic: Option<&Topic>,
     seq: u64,
+    position: Option<&Position>,
     id: &uuid::Uuid,
     body: &JsonBody,
 ) -> Bytes {
@@ -49,8 +51,20 @@ pub fn encode(
                 }
                 None => out.extend_from_slice(b"null"),
             }
-            out.extend_from_slice(br#","seq":"#);
-            out.extend_from_slice(seq.to_string().as_bytes());
+            match position {
+                Some(p) => {
+                    out.extend_from_slice(br#","offset":"#);
+                    out.extend_from_slice(p.offset.to_string().as_bytes());
+                    out.extend_from_slice(br#","epoch":"#);
+                    let mut quoted = String::new();
+                    push_json_string(&mut quoted, &p.epoch);
+                    out.extend_from_slice(quoted.as_bytes());
+                }
+                None => {
+                    out.extend_from_slice(br#","seq":"#);
+                    out.extend_from_slice(seq.to_string().as_bytes());
+                }
+            }
             out.extend_from_slice(br#","data":"#);
             out.extend_from_slice(body.as_bytes());
             out.push(b'}');
@@ -97,7 +111,7 @@ mod tests {
     fn pgws_frame_splices_body_verbatim() {
         let body = JsonBody::parse(r#"{"z":1,"a":12345678901234567890,"h":"<&>"}"#).expect("json");
         let id = uuid::Uuid::new_v4();
-        let frame = encode(FrameFormat::Pgws, "pg\"ws", None, 1, &id, &body);
+        let frame = encode(FrameFormat::Pgws, "pg\"ws", None, 1, None, &id, &body);
         let text = payload(&frame);
         assert!(text.starts_with(
             r#"{"payload":{"z":1,"a":12345678901234567890,"h":"<&>"},"channel":"pg\"ws","id":""#
@@ -115,6 +129,7 @@ mod tests {
             "c",
             Some(&topic),
             7,
+            None,
             &uuid::Uuid::nil(),
             &body,
         );
@@ -127,10 +142,29 @@ mod tests {
             "c",
             None,
             8,
+            None,
             &uuid::Uuid::nil(),
             &body,
         );
         assert_eq!(payload(&frame), r#"{"topic":null,"seq":8,"data":{"a":1}}"#);
+        let position = Position {
+            epoch: "3fa9c2".into(),
+            offset: 41,
+        };
+        let frame = encode(
+            FrameFormat::Envelope,
+            "c",
+            Some(&topic),
+            9,
+            Some(&position),
+            &uuid::Uuid::nil(),
+            &body,
+        );
+        assert_eq!(
+            payload(&frame),
+            r#"{"topic":"eu/orders","offset":41,"epoch":"3fa9c2","data":{"a":1}}"#,
+            "a durable message carries its position in place of seq"
+        );
     }
 
     #[test]
@@ -142,6 +176,7 @@ mod tests {
                 "c",
                 None,
                 1,
+                None,
                 &uuid::Uuid::nil(),
                 &body
             )),

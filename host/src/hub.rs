@@ -20,7 +20,7 @@ use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 
 use crate::admission::Ticket;
-use crate::envelope::{JsonBody, TenantId, Topic, TopicPattern};
+use crate::envelope::{JsonBody, Position, TenantId, Topic, TopicPattern};
 use crate::frame::FrameFormat;
 use crate::metrics as m;
 use crate::outbox::Outbox;
@@ -47,6 +47,8 @@ pub struct Delivery {
     pub topic: Option<Topic>,
     /// Position in the tenant's stream, counted from 1 since this process started.
     pub seq: u64,
+    /// A durable message's place in its tenant's stored stream (`streams`), the same on every host.
+    pub position: Option<Position>,
     /// The message's id in pgws frames: one per message, the same for every recipient.
     pub id: uuid::Uuid,
     /// The NOTIFY channel (for socket.io, the channel subscribers chose, or a route's topic).
@@ -77,6 +79,50 @@ impl TopicFilter {
 /// Identifies one registered session.
 pub type SessionId = u64;
 
+/// Which durable messages a session takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Durable {
+    /// None yet: a `pgws.v1` session before its first subscribe, which may ask to recover from a
+    /// position first.
+    Held,
+    /// Those after this position (`None`: every one).
+    After(Option<Position>),
+}
+
+impl Durable {
+    fn accepts(&self, position: &Position) -> bool {
+        match self {
+            Durable::Held => false,
+            Durable::After(None) => true,
+            Durable::After(Some(after)) => position.is_after(after),
+        }
+    }
+}
+
+/// Where a registered session lives, for a [`Replay`] to find it.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionAddress {
+    pub id: SessionId,
+    shard: usize,
+}
+
+/// Messages a session missed, sent to it alone and in its place in the tenant's order: after every
+/// delivery published before it, before every one published after. A recovery is one or more of
+/// these, the last with its [`ReplayEnd`].
+pub struct Replay {
+    pub tenant: TenantId,
+    pub session: SessionAddress,
+    pub deliveries: Vec<Delivery>,
+    pub end: Option<ReplayEnd>,
+}
+
+/// How a recovery ends: a report frame (given the number of messages the session was sent), then
+/// the session takes durable messages after `until` (`None`: every one from here on).
+pub struct ReplayEnd {
+    pub report: Box<dyn FnOnce(usize) -> Bytes + Send>,
+    pub until: Option<Position>,
+}
+
 /// What a session gets from [`Hub::register`]. Dropping it unregisters the session, so a session
 /// cannot leak from the hub whichever way it ends (even if the upgrade never completes).
 pub struct Registration {
@@ -91,6 +137,36 @@ pub struct Registration {
 }
 
 impl Registration {
+    pub fn address(&self) -> SessionAddress {
+        SessionAddress {
+            id: self.id,
+            shard: self.shard,
+        }
+    }
+
+    /// Starts taking every durable message from now on, unless the session already takes them.
+    pub fn take_durable(&self) {
+        self.hub.shards[self.shard].with(&self.tenant, |members| {
+            if let Some(s) = members.sessions.iter_mut().find(|s| s.id == self.id) {
+                if s.durable == Durable::Held {
+                    s.durable = Durable::After(None);
+                }
+            }
+        });
+    }
+
+    /// Whether the session still waits for its first subscribe to take durable messages.
+    pub fn holds_durable(&self) -> bool {
+        self.hub.shards[self.shard]
+            .with(&self.tenant, |members| {
+                members
+                    .sessions
+                    .iter()
+                    .any(|s| s.id == self.id && s.durable == Durable::Held)
+            })
+            .unwrap_or(false)
+    }
+
     /// Changes which topics this session takes.
     pub fn set_filter(&self, filter: TopicFilter) {
         self.hub.shards[self.shard].with(&self.tenant, |members| {
@@ -135,6 +211,7 @@ enum Feed {
     Batch(Arc<[Delivery]>),
     /// A `gap` notice for the `pgws.v1` sessions of one tenant, or of every tenant.
     Gap(Option<TenantId>, Bytes),
+    Replay(Replay),
 }
 
 /// Work waiting for one shard's thread. Bounded: a shard this far behind (the machine is out of
@@ -189,13 +266,17 @@ fn feed_shard(shard: &Shard, feed: &std::sync::mpsc::Receiver<Feed>, queue_len: 
                 shard.tell_envelope_sessions(tenant.as_ref(), &notice);
                 next = feed.recv().ok();
             }
+            Feed::Replay(replay) => {
+                shard.replay(replay);
+                next = feed.recv().ok();
+            }
             Feed::Batch(batch) => {
                 pass.extend(batch.iter().cloned());
                 while pass.len() < MAX_PASS {
                     match feed.try_recv() {
                         Ok(Feed::Batch(more)) => pass.extend(more.iter().cloned()),
-                        Ok(gap) => {
-                            next = Some(gap);
+                        Ok(other) => {
+                            next = Some(other);
                             break;
                         }
                         Err(_) => break,
@@ -272,6 +353,7 @@ impl Hub {
         tenant: &TenantId,
         format: FrameFormat,
         filter: TopicFilter,
+        durable: Durable,
         first: Option<Bytes>,
     ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -281,6 +363,8 @@ impl Hub {
             id,
             format,
             filter,
+            durable,
+            replayed: 0,
             outbox: outbox.clone(),
         };
         self.shards[shard].add(tenant, |members| members.sessions.push(session));
@@ -384,6 +468,16 @@ impl Hub {
         for feeder in self.feeders.iter() {
             feeder.send(Feed::Batch(batch.clone()));
         }
+    }
+
+    /// Sends `replay` to its session, behind everything published before (see [`Replay`]).
+    pub fn replay(&self, replay: Replay) {
+        if self.feeders.is_empty() {
+            self.shards[0].replay(replay);
+            return;
+        }
+        let shard = replay.session.shard;
+        self.feeders[shard].send(Feed::Replay(replay));
     }
 
     /// Tells `tenant`'s (or every tenant's) `pgws.v1` sessions, behind what was published before.

@@ -5,13 +5,15 @@
 //!
 //! ```text
 //! listener ──▶ dispatch ──▶ workers (a lane per tenant: its guest) ──▶ deliver ──▶ hub ──▶ outbox (/ws)
-//!                                                                                     └──▶ socket.io sockets
+//!                  │            ▲                                                     └──▶ socket.io sockets
+//!                  └─▶ streams ─┘ (doorbells: stored messages read by position)
 //! ```
 //!
 //! - [`listener`]: the one LISTEN connection, drained, reconnected with back-off;
 //! - [`channels`]: channels socket.io clients subscribe to by name, reference-counted;
 //! - [`envelope`]: the payload format `<tenant>[/<topic>],<json>` and its name rules;
 //! - [`dispatch`]: listener events into tenant lanes, never waiting on one;
+//! - [`streams`]: durable messages stored in Postgres, read on doorbells, recovered by position;
 //! - [`workers`]: a lane per tenant, guest threads that run any lane, budgets and failure policy;
 //! - [`deliver`]: a verdict into numbered deliveries, gathered in batches for the hub;
 //! - [`guest`]: the WebAssembly runtime, limits and the tenant → guest registry;
@@ -54,6 +56,7 @@ pub mod publisher;
 pub mod server;
 pub mod session;
 pub mod socketio;
+pub mod streams;
 pub mod upgrade;
 pub mod wire;
 pub mod workers;

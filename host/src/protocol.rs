@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::envelope::{JsonBody, NameError, Topic};
+use crate::envelope::{JsonBody, NameError, Position, Topic};
 
 /// The subprotocol name that selects this protocol.
 pub const SUBPROTOCOL: &str = "pgws.v1";
@@ -24,6 +24,9 @@ pub const SUBPROTOCOL: &str = "pgws.v1";
 pub enum ClientFrame {
     Subscribe {
         topics: Vec<Topic>,
+        /// Recover durable messages missed since this position first (the session's first
+        /// subscribe only).
+        since: Option<Position>,
         r#ref: Option<Value>,
     },
     Unsubscribe {
@@ -70,7 +73,17 @@ struct TopicsWire {
     _kind: serde::de::IgnoredAny,
     topics: Vec<String>,
     #[serde(default)]
+    since: Option<SinceWire>,
+    #[serde(default)]
     r#ref: Option<Value>,
+}
+
+/// A durable-stream position as a client sends it back: `{"epoch": "…", "offset": 17}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinceWire {
+    epoch: String,
+    offset: u64,
 }
 
 #[derive(Deserialize)]
@@ -110,10 +123,31 @@ impl ClientFrame {
                 let wire: TopicsWire = serde_json::from_str(text).map_err(bad)?;
                 let topics = topics(wire.topics)?;
                 if tag.kind == "subscribe" {
+                    let since = wire.since.map(|s| {
+                        let valid = !s.epoch.is_empty()
+                            && s.epoch.len() <= 64
+                            && s.epoch.bytes().all(|b| b.is_ascii_alphanumeric());
+                        if valid {
+                            Ok(Position {
+                                epoch: s.epoch.into(),
+                                offset: s.offset,
+                            })
+                        } else {
+                            Err(FrameError::BadFrame(format!(
+                                "`since.epoch` {:?} is not an epoch pgws gave out",
+                                s.epoch
+                            )))
+                        }
+                    });
                     ClientFrame::Subscribe {
                         topics,
+                        since: since.transpose()?,
                         r#ref: wire.r#ref,
                     }
+                } else if wire.since.is_some() {
+                    return Err(FrameError::BadFrame(
+                        "`since` belongs to subscribe, not unsubscribe".into(),
+                    ));
                 } else {
                     ClientFrame::Unsubscribe {
                         topics,
@@ -164,6 +198,14 @@ pub fn subscribed(topics: &[Topic], r#ref: Option<&Value>) -> String {
     topics_answer("subscribed", topics, r#ref)
 }
 
+/// The end of a recovery that could not be made (see `streams` for the one that could).
+pub fn not_recovered(reason: &str, r#ref: Option<&Value>) -> String {
+    with_ref(
+        json!({"type": "recovered", "recovered": false, "replayed": 0, "epoch": null, "offset": 0, "reason": reason}),
+        r#ref,
+    )
+}
+
 pub fn unsubscribed(topics: &[Topic], r#ref: Option<&Value>) -> String {
     topics_answer("unsubscribed", topics, r#ref)
 }
@@ -191,7 +233,7 @@ mod tests {
     #[test]
     fn parses_each_client_frame() {
         match ClientFrame::parse(r#"{"type":"subscribe","topics":["a","b/c"],"ref":1}"#) {
-            Ok(ClientFrame::Subscribe { topics, r#ref }) => {
+            Ok(ClientFrame::Subscribe { topics, r#ref, .. }) => {
                 assert_eq!(topics.len(), 2);
                 assert_eq!(r#ref, Some(json!(1)));
             }

@@ -37,6 +37,7 @@ use crate::listener::{self, ListenerConfig, Readiness};
 use crate::publisher::Publisher;
 use crate::session::SessionContext;
 use crate::socketio::{self, SocketIoContext};
+use crate::streams::{StreamRules, Streams};
 use crate::upgrade::Upgrades;
 use crate::workers::Workers;
 
@@ -121,15 +122,23 @@ pub async fn run(
     );
     let admission = Arc::new(Admission::new(ConnectionLimits::from(&config.limits)));
     let readiness = Readiness::default();
-    let (channels, listen_commands) = Channels::new(
+    let (mut channels, listen_commands) = Channels::new(
         &config.listener.channels,
         config.inbound_channel(),
         ListenLimits::from(&config.limits),
     );
+    let mut listener_config = ListenerConfig::new(database_url.clone(), &config.listener);
+    if config.streams.streams {
+        // The doorbell is LISTENed with the envelope channels, and nobody may subscribe to it.
+        listener_config
+            .channels
+            .push(crate::streams::DOORBELL_CHANNEL.to_owned());
+        channels.reserve(crate::streams::DOORBELL_CHANNEL);
+    }
     let channels = Arc::new(channels);
     let (events_tx, events_rx) = mpsc::channel(LISTENER_QUEUE);
     let listener_task = tokio::spawn(listener::run(
-        ListenerConfig::new(database_url, &config.listener),
+        listener_config,
         events_tx,
         readiness.clone(),
         channels.clone(),
@@ -143,11 +152,36 @@ pub async fn run(
         &config.workers,
     )
     .context("starting guest threads")?;
+    let streams = if config.streams.streams {
+        let streams = Streams::start(
+            &database_url,
+            workers.clone(),
+            hub.clone(),
+            StreamRules::from(&config.streams),
+            shutdown.clone(),
+        )
+        .context("starting the durable-stream reader")?;
+        match streams.check_schema().await {
+            Ok(version) => tracing::info!(version, "durable streams on"),
+            Err(e)
+                if e.downcast_ref::<crate::streams::schema::SchemaError>()
+                    .is_some() =>
+            {
+                return Err(e.context("--streams"));
+            }
+            // Postgres is not up yet: the reader retries, as the listener does.
+            Err(e) => tracing::warn!(error = %e, "could not check the durable-streams schema yet"),
+        }
+        Some(streams)
+    } else {
+        None
+    };
     let dispatch_task = tokio::spawn(dispatch::run(
         events_rx,
         workers.clone(),
         hub.clone(),
         channels.clone(),
+        streams.clone(),
     ));
 
     let anonymous_tenant = config
@@ -205,12 +239,10 @@ pub async fn run(
         frame: config.sessions.frame,
         identity_rules,
         max_topics: config.sessions.max_topics_per_session,
-        ctx: Arc::new(SessionContext::new(
-            workers,
-            publisher,
-            &config.sessions,
-            &config.publish,
-        )),
+        ctx: Arc::new(
+            SessionContext::new(workers, publisher, &config.sessions, &config.publish)
+                .with_streams(streams),
+        ),
         shutdown: shutdown.clone(),
         sessions: sessions.clone(),
     };

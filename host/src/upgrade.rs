@@ -24,7 +24,7 @@ use crate::auth::{Credentials, IdentityRules, TOKEN_PROTOCOL_PREFIX};
 use crate::envelope::Topic;
 use crate::frame::FrameFormat;
 use crate::guest::Authorization;
-use crate::hub::{Hub, TopicFilter};
+use crate::hub::{Durable, Hub, TopicFilter};
 use crate::metrics as m;
 use crate::protocol;
 use crate::session::{Protocol, Session, SessionContext};
@@ -275,9 +275,20 @@ async fn ws_handler(
             identity.can_publish,
         ))
     });
+    // A pgws.v1 session takes durable messages from its first subscribe, which may first recover
+    // what it missed; the other framings take them from the start.
+    let durable = match protocol {
+        Protocol::V1 => Durable::Held,
+        _ => Durable::After(None),
+    };
     let registration = app
         .hub
-        .register(ticket, &identity.tenant, format, filter, welcome);
+        .register(ticket, &identity.tenant, format, filter, durable, welcome);
+    // The tenant's stored messages from here on reach the session (the first session of a tenant
+    // on this host waits for the stream's head once).
+    if let Some(streams) = &app.ctx.streams {
+        streams.follow(&identity.tenant).await;
+    }
     let session = Session {
         registration,
         identity,

@@ -8,12 +8,20 @@ const [url, adminToken, v1, v2, screenshot] = process.argv.slice(2);
 
 const cell = (page, selector) => page.locator(selector).textContent();
 
+// The version the page said is serving (`… version <v> serving`), once the guest list shows it too.
+async function serving(page, done) {
+  const message = page.locator(`#message:has-text("${done}: version")`);
+  await message.waitFor();
+  const version = (await message.textContent()).match(/version (\S+) serving/)[1];
+  await page.waitForSelector(`tr[data-guest="acme"] .version:text-is("${version}")`);
+  return version;
+}
+
 async function upload(page, file) {
   await page.fill('#upload-tenant', 'acme');
   await page.setInputFiles('#upload-file', file);
   await page.click('#upload');
-  await page.waitForSelector('#message:has-text("acme uploaded: version")');
-  return cell(page, 'tr[data-guest="acme"] .version');
+  return serving(page, 'acme uploaded');
 }
 
 await withPage(url, async (page) => {
@@ -36,6 +44,9 @@ await withPage(url, async (page) => {
   });
   await page.click('tr[data-tenant="acme"]');
   await page.waitForSelector('#chart-tenant:has-text("acme")');
+  // The charts have points: three polls' rates, and the messages chart drew them.
+  // eslint-disable-next-line no-undef
+  await page.waitForFunction(() => series.get('acme') && series.get('acme').out.filter((v) => v > 0).length >= 3);
   const rate = await cell(page, 'tr[data-tenant="acme"] .out');
   console.log('RATE ' + rate);
 
@@ -45,8 +56,7 @@ await withPage(url, async (page) => {
   await next();
 
   await page.click('tr[data-guest="acme"] button.rollback');
-  await page.waitForSelector('#message:has-text("acme rolled back: version")');
-  console.log('ROLLED_BACK ' + await cell(page, 'tr[data-guest="acme"] .version'));
+  console.log('ROLLED_BACK ' + await serving(page, 'acme rolled back'));
   await next();
 
   // The guest-call chart has drawn by now (calls ran through both versions).

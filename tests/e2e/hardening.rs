@@ -379,7 +379,7 @@ async fn metrics_can_be_private() -> anyhow::Result<()> {
         "--admin-listen",
         &admin_addr,
         "--admin-token",
-        "a-secret",
+        "an-admin-secret-for-tests",
     ])
     .await?;
     assert_eq!(server.get("/metrics").await?.0, 404);
@@ -387,7 +387,7 @@ async fn metrics_can_be_private() -> anyhow::Result<()> {
         server.addr,
         "GET",
         "/admin/guests",
-        &[("authorization", "Bearer a-secret")],
+        &[("authorization", "Bearer an-admin-secret-for-tests")],
         b"",
     )
     .await?;
@@ -398,7 +398,7 @@ async fn metrics_can_be_private() -> anyhow::Result<()> {
         get(
             admin,
             "/admin/guests",
-            &[("authorization", "Bearer a-secret")]
+            &[("authorization", "Bearer an-admin-secret-for-tests")]
         )
         .await?
         .0,

@@ -17,6 +17,7 @@ mod pipeline;
 mod quickstart;
 mod reliability;
 mod socketio;
+mod streams;
 mod templates;
 mod toolkit;
 mod triggers;

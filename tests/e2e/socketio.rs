@@ -354,8 +354,13 @@ async fn tenants_never_cross_and_guests_run_once_per_tenant() -> anyhow::Result<
 /// connection holds exactly the channels that still have subscribers, and they receive.
 #[tokio::test(flavor = "multi_thread")]
 async fn thousand_clients_churn_with_one_listen_connection() -> anyhow::Result<()> {
-    let (server, sql) =
-        spawn_app(&["--jwt-secret", SECRET, "--admin-token", "admin-secret"]).await?;
+    let (server, sql) = spawn_app(&[
+        "--jwt-secret",
+        SECRET,
+        "--admin-token",
+        "admin-secret-for-tests",
+    ])
+    .await?;
     let t = token(json!({"tenant": "churn", "channels": ["ch_*"], "mode": "rw"}));
     let tools = tokio::task::spawn_blocking(node_tools).await?;
     let mut churn = tokio::process::Command::new("node")
@@ -424,7 +429,7 @@ async fn admin_channels(server: &crate::harness::Server) -> anyhow::Result<Value
     let (status, body) = crate::harness::http::get(
         server.addr,
         "/admin/channels",
-        &[("authorization", "Bearer admin-secret")],
+        &[("authorization", "Bearer admin-secret-for-tests")],
     )
     .await?;
     anyhow::ensure!(status == 200, "admin/channels: {status} {body}");
@@ -651,8 +656,13 @@ async fn shutdown_disconnects_socketio_clients() -> anyhow::Result<()> {
 /// LISTEN.
 #[tokio::test(flavor = "multi_thread")]
 async fn leaving_mid_subscribe_leaks_no_listen() -> anyhow::Result<()> {
-    let (server, _sql) =
-        spawn_app(&["--jwt-secret", SECRET, "--admin-token", "admin-secret"]).await?;
+    let (server, _sql) = spawn_app(&[
+        "--jwt-secret",
+        SECRET,
+        "--admin-token",
+        "admin-secret-for-tests",
+    ])
+    .await?;
     let t = token(json!({"tenant": "a", "channels": ["*"]}));
     let mut leaving = Vec::new();
     for i in 0..12 {

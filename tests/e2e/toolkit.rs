@@ -89,7 +89,7 @@ fn config_check_names_what_is_wrong() {
 
     std::fs::write(
         &file,
-        "guest-timeout-ms = 50\nadmin-token = \"hunter2-hunter2\"\nchannel = [\"a\", \"b\"]\n",
+        "guest-timeout-ms = 50\nadmin-token = \"hunter2-hunter2-hunter2\"\nchannel = [\"a\", \"b\"]\n",
     )
     .expect("write");
     let out = pgws(

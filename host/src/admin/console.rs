@@ -6,7 +6,7 @@
 //! endpoint and to the admin API whose buttons it shows. Rates and percentiles are computed by the
 //! page from consecutive totals. What the figures are is `metrics::figures`' business.
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -75,7 +75,20 @@ async fn chart_style() -> Response {
     )
 }
 
-/// Every tenant's totals and the listener's state now (see [`crate::metrics::Snapshot`]).
-pub async fn stats(State(admin): State<Admin>) -> Json<crate::metrics::Snapshot> {
-    Json(admin.figures.snapshot(admin.isolation))
+/// Most tenants in one answer: the busiest ones.
+const DEFAULT_LIMIT: usize = 100;
+
+#[derive(serde::Deserialize)]
+pub struct StatsQuery {
+    limit: Option<usize>,
+}
+
+/// The busiest tenants' totals (`?limit=`, 100 unless given) and the listener's state now (see
+/// [`crate::metrics::Snapshot`]).
+pub async fn stats(
+    State(admin): State<Admin>,
+    Query(query): Query<StatsQuery>,
+) -> Json<crate::metrics::Snapshot> {
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, 10_000);
+    Json(admin.figures.snapshot(admin.isolation, limit))
 }

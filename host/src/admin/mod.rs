@@ -280,6 +280,46 @@ mod tests {
         }
     }
 
+    /// The page is open (it holds nothing, may not be framed); its figures need the token.
+    #[tokio::test]
+    async fn the_console_page_is_open_and_its_figures_are_not() {
+        let (status, _) = call("GET", "/admin/stats", None, b"").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, body) = call("GET", "/admin/stats", Some("Bearer admin-secret"), b"").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["tenants"], json!([]), "{body}");
+        assert_eq!(
+            body["call_time_bounds_us"].as_array().map(Vec::len),
+            Some(29)
+        );
+        let (status, _) = call("GET", "/admin/channels", Some("Bearer wrong"), b"").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+        let response = api()
+            .oneshot(
+                axum::http::Request::get("/admin/")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        let csp = response
+            .headers()
+            .get(header::CONTENT_SECURITY_POLICY)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert!(csp.contains("default-src 'self'"), "{csp}");
+        assert_eq!(
+            response
+                .headers()
+                .get(header::X_FRAME_OPTIONS)
+                .map(|v| v.as_bytes()),
+            Some(&b"DENY"[..])
+        );
+    }
+
     #[tokio::test]
     async fn bad_names_and_bad_modules_get_clear_errors() {
         let auth = Some("Bearer admin-secret");

@@ -118,6 +118,11 @@ impl Channels {
         (channels, rx)
     }
 
+    /// Keeps clients off `channel` (one the server itself LISTENs on).
+    pub fn reserve(&mut self, channel: &str) {
+        self.reserved.insert(channel.to_owned());
+    }
+
     /// Whether `channel` carries tenant envelopes (as opposed to a channel subscribed by name).
     pub fn is_envelope(&self, channel: &str) -> bool {
         self.envelope.contains(channel)

@@ -15,7 +15,7 @@ use clap::{Parser, ValueEnum};
 
 pub use sections::{
     GuestSettings, LimitSettings, ListenerSettings, PublishSettings, SessionSettings,
-    SocketIoSettings, TokenSettings, WorkerSettings,
+    SocketIoSettings, StreamSettings, TokenSettings, WorkerSettings,
 };
 
 /// pgws: PostgreSQL NOTIFY → WebSocket fan-out for many tenants, with per-tenant WebAssembly guests.
@@ -49,8 +49,8 @@ pub struct Config {
     #[arg(long, env = "PGWS_INSECURE_TENANT_PARAM")]
     pub insecure_tenant_param: bool,
 
-    /// Token that guards the admin API (`/admin/guests`: list, upload, remove, roll back guests).
-    /// Without it the admin API is off.
+    /// Token that guards the admin API (`/admin/guests`: list, upload, remove, roll back guests)
+    /// and the console at `/admin/`; at least 16 bytes. Without it both are off.
     #[arg(long, env = "PGWS_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
@@ -98,6 +98,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub limits: LimitSettings,
+
+    #[command(flatten)]
+    pub streams: StreamSettings,
 }
 
 /// What to do instead of serving.
@@ -112,6 +115,16 @@ pub enum Command {
     /// Tools for guest authors.
     #[command(subcommand)]
     Guest(GuestCommand),
+    /// The durable-streams schema.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum SchemaCommand {
+    /// Install (or bring up to date) the durable-streams schema in --database-url: the
+    /// `pgws_stream` and `pgws_message` tables and the `pgws_publish` function. Idempotent.
+    Install,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -260,6 +273,13 @@ impl Config {
         {
             return Err("--channel names must be 1 to 63 bytes long".into());
         }
+        // The admin token guards guest uploads and a login form that anyone who reaches the
+        // console can try: a short one would be guessed.
+        if self.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(
+                "--admin-token must be at least 16 bytes (e.g. `openssl rand -hex 24`)".into(),
+            );
+        }
         if self.sessions.session_queue == 0 {
             return Err("--session-queue must be at least 1".into());
         }
@@ -271,6 +291,15 @@ impl Config {
         }
         if self.tokens.jwt_leeway_secs > 86_400 {
             return Err("--jwt-leeway-secs must be at most 86400 (a day)".into());
+        }
+        if self.streams.stream_recover_max == 0 || self.streams.stream_max_body == 0 {
+            return Err("--stream-recover-max and --stream-max-body must be at least 1".into());
+        }
+        if self.streams.stream_retention_count < self.streams.stream_recover_max {
+            return Err(
+                "--stream-retention-count must be at least --stream-recover-max (a recovery needs the messages it replays)"
+                    .into(),
+            );
         }
         if self.workers.guest_queue == 0 {
             return Err("--guest-queue must be at least 1".into());

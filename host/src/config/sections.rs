@@ -328,3 +328,41 @@ pub struct LimitSettings {
     )]
     pub max_listen_channels_per_tenant: usize,
 }
+
+/// Durable streams: messages stored with `pgws_publish` and read back by position (`streams`).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Durable streams")]
+pub struct StreamSettings {
+    /// Deliver durable messages: those stored with the SQL function `pgws_publish(tenant, topic,
+    /// body)` (install it with `pgws schema install`), each with its position, so a `pgws.v1`
+    /// client that reconnects recovers what it missed. Plain NOTIFY keeps working beside it.
+    #[arg(long, env = "PGWS_STREAMS")]
+    pub streams: bool,
+
+    /// Safety poll, in milliseconds: how often the streams of served tenants are checked without a
+    /// doorbell, so a lost doorbell costs at most this much latency, never a message.
+    #[arg(long, env = "PGWS_STREAM_POLL_MS", default_value_t = 1000)]
+    pub stream_poll_ms: u64,
+
+    /// Most messages one recovery replays; a client that missed more gets `recovered: false`.
+    #[arg(long, env = "PGWS_STREAM_RECOVER_MAX", default_value_t = 10_000)]
+    pub stream_recover_max: u64,
+
+    /// Oldest message a recovery replays, in seconds; a client that missed older ones gets
+    /// `recovered: false`.
+    #[arg(long, env = "PGWS_STREAM_RECOVER_MAX_AGE_SECS", default_value_t = 3600)]
+    pub stream_recover_max_age_secs: u64,
+
+    /// Stored messages are deleted after this many seconds.
+    #[arg(long, env = "PGWS_STREAM_RETENTION_SECS", default_value_t = 86_400)]
+    pub stream_retention_secs: u64,
+
+    /// Stored messages are deleted beyond each tenant's newest this many.
+    #[arg(long, env = "PGWS_STREAM_RETENTION_COUNT", default_value_t = 100_000)]
+    pub stream_retention_count: u64,
+
+    /// Largest durable message body delivered, in bytes (bigger stored ones are skipped and
+    /// counted). `pgws_publish` refuses bodies over the `pgws.max_body` setting (1 MiB unless set).
+    #[arg(long, env = "PGWS_STREAM_MAX_BODY", default_value_t = 1 << 20)]
+    pub stream_max_body: usize,
+}

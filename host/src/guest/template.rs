@@ -137,7 +137,13 @@ pub fn write(dir: &Path, files: &[ProjectFile]) -> Result<(), TemplateError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(failed(parent))?;
         }
-        std::fs::write(&path, &file.text).map_err(failed(&path))?;
+        // Never over a file that appeared meanwhile.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, file.text.as_bytes()))
+            .map_err(failed(&path))?;
         if file.path.ends_with(".sh") {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))

@@ -14,7 +14,7 @@ use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError};
 
-use super::{Audience, Delivery, SessionId, TopicFilter};
+use super::{Audience, Delivery, Durable, Replay, ReplayEnd, SessionId, TopicFilter};
 use crate::envelope::{JsonBody, TenantId};
 use crate::frame::{self, FrameFormat};
 use crate::metrics as m;
@@ -24,7 +24,35 @@ pub(super) struct Session {
     pub id: SessionId,
     pub format: FrameFormat,
     pub filter: TopicFilter,
+    pub durable: Durable,
+    /// Messages replayed to it in the recovery under way.
+    pub replayed: usize,
     pub outbox: Arc<Outbox>,
+}
+
+impl Session {
+    /// A replayed message: by topic only (it is from before the session took durable messages).
+    fn takes_replayed(&self, d: &Delivery) -> bool {
+        d.audience == Audience::Sessions && self.filter.accepts(d.topic.as_ref())
+    }
+
+    fn takes(&self, d: &Delivery) -> bool {
+        d.audience == Audience::Sessions
+            && self.filter.accepts(d.topic.as_ref())
+            && d.position.as_ref().is_none_or(|p| self.durable.accepts(p))
+    }
+}
+
+fn encode(format: FrameFormat, d: &Delivery) -> Bytes {
+    frame::encode(
+        format,
+        &d.channel,
+        d.topic.as_ref(),
+        d.seq,
+        d.position.as_ref(),
+        &d.id,
+        &d.body,
+    )
 }
 
 /// A socket.io socket subscribed to one channel.
@@ -149,22 +177,11 @@ impl Shard {
                 for session in &members.sessions {
                     frames.clear();
                     for (d, slots) in run.iter().zip(encoded.iter_mut()) {
-                        if d.audience == Audience::Sessions
-                            && session.filter.accepts(d.topic.as_ref())
-                        {
+                        if session.takes(d) {
                             let slot = &mut slots[session.format as usize];
                             frames.push(
-                                slot.get_or_insert_with(|| {
-                                    frame::encode(
-                                        session.format,
-                                        &d.channel,
-                                        d.topic.as_ref(),
-                                        d.seq,
-                                        &d.id,
-                                        &d.body,
-                                    )
-                                })
-                                .clone(),
+                                slot.get_or_insert_with(|| encode(session.format, d))
+                                    .clone(),
                             );
                         }
                     }
@@ -224,6 +241,39 @@ impl Shard {
         }
         if !stalled.is_empty() {
             self.drop_stalled(name, stalled);
+        }
+    }
+
+    /// Writes a replay to its session; at its end, the report, and from then on the session takes
+    /// durable messages after the replay's end. A session that left meanwhile is skipped; one that
+    /// cannot take the replay is too slow.
+    pub fn replay(&self, replay: Replay) {
+        let Replay {
+            tenant,
+            session,
+            deliveries,
+            end,
+        } = replay;
+        let too_slow = self.with(&tenant, |members| {
+            let s = members.sessions.iter_mut().find(|s| s.id == session.id)?;
+            let mut frames: Vec<Bytes> = deliveries
+                .iter()
+                .filter(|d| s.takes_replayed(d))
+                .map(|d| encode(s.format, d))
+                .collect();
+            s.replayed += frames.len();
+            if let Some(ReplayEnd { report, until }) = end {
+                frames.push(report(std::mem::take(&mut s.replayed)));
+                s.durable = Durable::After(until);
+            }
+            if frames.is_empty() {
+                return None;
+            }
+            (s.outbox.send(&frames) == Sent::Overflow).then_some(s.id)
+        });
+        if let Some(Some(id)) = too_slow {
+            self.remove(&tenant, |members| members.sessions.retain(|s| s.id != id));
+            tracing::warn!(%tenant, "closing a session that could not take what it missed (client too slow)");
         }
     }
 

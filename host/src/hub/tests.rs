@@ -4,7 +4,14 @@ use crate::admission::Admission;
 /// Registers a session with a fresh place among connections.
 fn register(hub: &Arc<Hub>, tenant: &TenantId, filter: TopicFilter) -> Registration {
     let ticket = Arc::new(Admission::default()).admit(tenant).expect("place");
-    hub.register(ticket, tenant, FrameFormat::Raw, filter, None)
+    hub.register(
+        ticket,
+        tenant,
+        FrameFormat::Raw,
+        filter,
+        Durable::After(None),
+        None,
+    )
 }
 
 fn delivery(tenant: &str, topic: Option<&str>, body: &str) -> Delivery {
@@ -13,6 +20,7 @@ fn delivery(tenant: &str, topic: Option<&str>, body: &str) -> Delivery {
         audience: Audience::Sessions,
         topic: topic.map(|t| Topic::parse(t).expect("topic")),
         seq: 1,
+        position: None,
         id: uuid::Uuid::nil(),
         channel: Arc::from("pgwebsocket"),
         body: JsonBody::parse(body).expect("json"),

@@ -53,6 +53,7 @@ enum Series {
     QueueDropped,
     Throttled,
     Isolations,
+    IsolationsEnded,
     Connections,
     CallTime,
 }
@@ -68,6 +69,7 @@ impl Series {
             m::TENANT_QUEUE_DROPS => Series::QueueDropped,
             m::GUEST_THROTTLED => Series::Throttled,
             m::GUEST_ISOLATIONS => Series::Isolations,
+            m::GUEST_ISOLATIONS_ENDED => Series::IsolationsEnded,
             m::CONNECTIONS => Series::Connections,
             m::GUEST_CALL_SECONDS => Series::CallTime,
             _ => return None,
@@ -85,6 +87,8 @@ struct TenantFigures {
     failures: AtomicU64,
     queue_dropped: AtomicU64,
     throttled: AtomicU64,
+    isolations: AtomicU64,
+    isolations_ended: AtomicU64,
     /// Unix time in ms of the last isolation; 0 for never.
     last_isolated_ms: AtomicU64,
     /// A gauge: f64 bits, as `metrics` keeps gauges in atomics.
@@ -102,7 +106,9 @@ impl TenantFigures {
             Series::Failures => &self.failures,
             Series::QueueDropped => &self.queue_dropped,
             Series::Throttled => &self.throttled,
-            Series::Isolations | Series::Connections | Series::CallTime => return None,
+            Series::Isolations => &self.isolations,
+            Series::IsolationsEnded => &self.isolations_ended,
+            Series::Connections | Series::CallTime => return None,
         })
     }
 
@@ -119,12 +125,13 @@ struct Handle {
 
 impl CounterFn for Handle {
     fn increment(&self, value: u64) {
-        match self.tenant.counter(self.series) {
-            Some(counter) => CounterFn::increment(counter, value),
-            None => self
-                .tenant
+        if let Series::Isolations = self.series {
+            self.tenant
                 .last_isolated_ms
-                .store(now_ms(), Ordering::Relaxed),
+                .store(now_ms(), Ordering::Relaxed);
+        }
+        if let Some(counter) = self.tenant.counter(self.series) {
+            CounterFn::increment(counter, value);
         }
     }
 
@@ -204,7 +211,8 @@ pub struct TenantSnapshot {
     pub queue_dropped: u64,
     pub throttled: u64,
     pub connections: u64,
-    /// Isolated after repeated failures, for this many more ms.
+    /// Isolated after repeated failures, for at most this many more ms (it ends early when the
+    /// guest is replaced).
     pub isolated_for_ms: Option<u64>,
     /// Guest calls per bucket of [`CALL_TIME_BOUNDS_US`] (and one past the last).
     pub call_time: Vec<u64>,
@@ -214,6 +222,8 @@ pub struct TenantSnapshot {
 #[derive(Debug, serde::Serialize)]
 pub struct Snapshot {
     pub now_ms: u64,
+    /// Tenants with figures; `tenants` holds the busiest of them.
+    pub tenant_count: usize,
     pub listener_connected: bool,
     pub listener_reconnects: u64,
     pub notifications_received: u64,
@@ -223,18 +233,26 @@ pub struct Snapshot {
 
 impl Figures {
     /// Every tenant's totals now; `isolation` is how long an isolation lasts.
-    pub fn snapshot(&self, isolation: std::time::Duration) -> Snapshot {
+    /// The `limit` busiest tenants (by messages and connections) now; `isolation` is how long an
+    /// isolation lasts.
+    pub fn snapshot(&self, isolation: std::time::Duration, limit: usize) -> Snapshot {
         let now = now_ms();
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut tenants: Vec<TenantSnapshot> = self
+        // Held only to copy the entries: registering a new tenant's series never waits for the
+        // figures to be read.
+        let entries: Vec<(String, Arc<TenantFigures>)> = self
             .read()
             .map
             .iter()
+            .map(|(tenant, f)| (tenant.clone(), f.clone()))
+            .collect();
+        let mut tenants: Vec<TenantSnapshot> = entries
+            .into_iter()
             .map(|(tenant, f)| {
-                let isolated_at = load(&f.last_isolated_ms);
-                let until = isolated_at.saturating_add(isolation.as_millis() as u64);
+                let isolated = load(&f.isolations) > load(&f.isolations_ended);
+                let until = load(&f.last_isolated_ms).saturating_add(isolation.as_millis() as u64);
                 TenantSnapshot {
-                    tenant: tenant.clone(),
+                    tenant,
                     notifications: load(&f.notifications),
                     published: load(&f.published),
                     dropped: load(&f.dropped),
@@ -243,13 +261,20 @@ impl Figures {
                     queue_dropped: load(&f.queue_dropped),
                     throttled: load(&f.throttled),
                     connections: f.connections().max(0.0) as u64,
-                    isolated_for_ms: (isolated_at > 0 && until > now).then(|| until - now),
+                    isolated_for_ms: isolated.then(|| until.saturating_sub(now)),
                     call_time: f.call_time.iter().map(load).collect(),
                 }
             })
             .collect();
+        let tenant_count = tenants.len();
+        if tenants.len() > limit {
+            let weight = |t: &TenantSnapshot| t.notifications + t.published + t.connections * 1000;
+            tenants.sort_by_key(|t| std::cmp::Reverse(weight(t)));
+            tenants.truncate(limit);
+        }
         tenants.sort_by(|a, b| a.tenant.cmp(&b.tenant));
         Snapshot {
+            tenant_count,
             now_ms: now,
             listener_connected: f64::from_bits(load(&self.listener_connected)) > 0.0,
             listener_reconnects: load(&self.listener_reconnects),
@@ -377,7 +402,7 @@ mod tests {
             .register_counter(&key(m::CLIENT_PUBLISHES, "c"), &META)
             .increment(1);
 
-        let snap = figures.snapshot(Duration::from_secs(30));
+        let snap = figures.snapshot(Duration::from_secs(30), 100);
         let names: Vec<&str> = snap.tenants.iter().map(|t| t.tenant.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
         let a = &snap.tenants[0];
@@ -401,7 +426,7 @@ mod tests {
                 .increment(1);
         }
         held.increment(1);
-        let snap = figures.snapshot(Duration::ZERO);
+        let snap = figures.snapshot(Duration::ZERO, usize::MAX);
         assert!(
             snap.tenants.len() <= PRUNE_FROM * 2,
             "{}",

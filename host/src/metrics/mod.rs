@@ -34,6 +34,7 @@ pub const GUEST_FAILURES: &str = "pgws_guest_failures_total";
 pub const GUEST_CALL_SECONDS: &str = "pgws_guest_call_seconds";
 pub const GUEST_LOADS: &str = "pgws_guest_loads_total";
 pub const GUEST_ISOLATIONS: &str = "pgws_guest_isolations_total";
+pub const GUEST_ISOLATIONS_ENDED: &str = "pgws_guest_isolations_ended_total";
 pub const GUEST_THROTTLED: &str = "pgws_guest_throttled_total";
 pub const GUESTS_NOT_LOADED: &str = "pgws_guests_not_loaded";
 pub const TENANT_QUEUE_DROPS: &str = "pgws_tenant_queue_dropped_total";
@@ -48,6 +49,10 @@ pub const SOCKETIO_ERRORS: &str = "pgws_socketio_errors_total";
 pub const LIMIT_REFUSALS: &str = "pgws_limit_refusals_total";
 pub const SOCKETIO_HANDSHAKES_REFUSED: &str = "pgws_socketio_handshakes_refused_total";
 pub const METRICS_REFUSED: &str = "pgws_metrics_refused_total";
+pub const STREAM_RECOVERIES: &str = "pgws_stream_recoveries_total";
+pub const STREAM_READ_ERRORS: &str = "pgws_stream_read_errors_total";
+pub const STREAM_EXPIRED: &str = "pgws_stream_expired_total";
+pub const STREAM_PRUNED: &str = "pgws_stream_pruned_total";
 
 /// Where recorded series can be read: the Prometheus exposition and the console's figures.
 #[derive(Clone)]
@@ -149,6 +154,10 @@ fn describe() {
         "Times a tenant's guest was isolated after repeated failures (for --guest-isolation-secs), by tenant"
     );
     describe_counter!(
+        GUEST_ISOLATIONS_ENDED,
+        "Isolations that ended (ran out, or the guest was replaced), by tenant: a tenant is isolated while its isolations outnumber these"
+    );
+    describe_counter!(
         GUEST_THROTTLED,
         "Times a tenant's guest used its --guest-cpu-ms-per-sec budget and waited for the next second, by tenant"
     );
@@ -191,6 +200,22 @@ fn describe() {
     describe_counter!(
         METRICS_REFUSED,
         "/metrics requests refused for a missing or wrong --metrics-token"
+    );
+    describe_counter!(
+        STREAM_RECOVERIES,
+        "Durable-stream recoveries asked for by reconnecting clients, by outcome (recovered, not_recovered)"
+    );
+    describe_counter!(
+        STREAM_READ_ERRORS,
+        "Failed reads of durable streams (retried by the safety poll)"
+    );
+    describe_counter!(
+        STREAM_EXPIRED,
+        "Durable messages pruned by retention before this server delivered them, by tenant"
+    );
+    describe_counter!(
+        STREAM_PRUNED,
+        "Durable messages deleted by retention (age or count)"
     );
     describe_counter!(
         SOCKETIO_ERRORS,

@@ -50,6 +50,8 @@ pub struct SessionContext {
     pub write_timeout: Duration,
     /// Largest message a client may send.
     pub max_client_message: usize,
+    /// The durable-stream reader, with `--streams`.
+    pub streams: Option<crate::streams::Streams>,
 }
 
 impl SessionContext {
@@ -68,7 +70,14 @@ impl SessionContext {
             max_topics: sessions.max_topics_per_session,
             write_timeout: sessions.write_timeout(),
             max_client_message: sessions.max_client_message,
+            streams: None,
         }
+    }
+
+    /// With `--streams`: sessions follow their tenant's stream and may recover from a position.
+    pub fn with_streams(mut self, streams: Option<crate::streams::Streams>) -> Self {
+        self.streams = streams;
+        self
     }
 }
 
@@ -363,6 +372,14 @@ impl Client<'_> {
                     match v1.handle(&text, identity, registration, ctx) {
                         Answer::Now(reply) => {
                             self.outbox.send(&[wire::text(&reply)]);
+                        }
+                        Answer::NowThen(reply, then) => {
+                            self.outbox.send(&[wire::text(&reply)]);
+                            then();
+                        }
+                        Answer::Frames(replies) => {
+                            let frames: Vec<_> = replies.iter().map(|r| wire::text(r)).collect();
+                            self.outbox.send(&frames);
                         }
                         Answer::Later(answer) => self.pending = Some(answer),
                     }

@@ -17,6 +17,7 @@ use crate::hub::{Registration, TopicFilter};
 use crate::metrics as m;
 use crate::protocol::{self, ClientFrame};
 use crate::publisher::{PublishError, RateLimit};
+use crate::streams::Recovery;
 use crate::workers::ClientOutcome;
 
 /// What a `pgws.v1` session keeps between client frames.
@@ -28,6 +29,10 @@ pub(super) struct V1State {
 /// The answer to a client frame: at once, or from a publish that runs beside the session loop.
 pub(super) enum Answer {
     Now(String),
+    /// More than one frame at once.
+    Frames(Vec<String>),
+    /// This frame, then start what follows it (a recovery, whose frames come after the answer).
+    NowThen(String, Box<dyn FnOnce() + Send>),
     Later(Pin<Box<dyn Future<Output = String> + Send>>),
 }
 
@@ -56,7 +61,11 @@ impl V1State {
             }
         };
         match frame {
-            ClientFrame::Subscribe { topics, r#ref } => {
+            ClientFrame::Subscribe {
+                topics,
+                since,
+                r#ref,
+            } => {
                 let refused: Vec<&str> = topics
                     .iter()
                     .filter(|t| !identity.allows(t))
@@ -76,9 +85,41 @@ impl V1State {
                     let msg = format!("at most {} topics per connection", ctx.max_topics);
                     return Answer::Now(protocol::error("too_many_topics", &msg, r#ref.as_ref()));
                 }
+                if since.is_some() && !registration.holds_durable() {
+                    let msg = "`since` is taken only on a session's first subscribe";
+                    return Answer::Now(protocol::error("bad_frame", msg, r#ref.as_ref()));
+                }
                 self.subscriptions.extend(topics.iter().cloned());
                 registration.set_filter(TopicFilter::Only(Arc::new(self.subscriptions.clone())));
-                Answer::Now(protocol::subscribed(&topics, r#ref.as_ref()))
+                let answer = protocol::subscribed(&topics, r#ref.as_ref());
+                match (since, &ctx.streams) {
+                    // The replay and its report follow this answer, in the tenant's order.
+                    (Some(since), Some(streams)) => {
+                        let recovery = Recovery {
+                            tenant: identity.tenant.clone(),
+                            session: registration.address(),
+                            since,
+                            reference: r#ref.clone(),
+                        };
+                        let streams = streams.clone();
+                        return Answer::NowThen(
+                            answer,
+                            Box::new(move || streams.recover(recovery)),
+                        );
+                    }
+                    (Some(_), None) => {
+                        registration.take_durable();
+                        return Answer::Frames(vec![
+                            answer,
+                            protocol::not_recovered(
+                                "durable streams are off on this server (--streams)",
+                                r#ref.as_ref(),
+                            ),
+                        ]);
+                    }
+                    (None, _) => registration.take_durable(),
+                }
+                Answer::Now(answer)
             }
             ClientFrame::Unsubscribe { topics, r#ref } => {
                 for t in &topics {
@@ -181,7 +222,7 @@ mod tests {
     use crate::envelope::TopicPattern;
     use crate::frame::FrameFormat;
     use crate::guest::{GuestLimits, GuestRegistry, GuestRuntime};
-    use crate::hub::Hub;
+    use crate::hub::{Durable, Hub};
     use crate::publisher::Publisher;
     use crate::workers::Workers;
     use clap::Parser;
@@ -224,6 +265,7 @@ mod tests {
             &tenant,
             FrameFormat::Envelope,
             TopicFilter::All,
+            Durable::Held,
             None,
         );
         (Arc::new(ctx), registration)
@@ -248,6 +290,8 @@ mod tests {
     ) -> Value {
         let text = match v1.handle(frame, who, &ctx.1, &ctx.0) {
             Answer::Now(text) => text,
+            Answer::Frames(texts) => texts.join("\n"),
+            Answer::NowThen(text, _) => text,
             Answer::Later(answer) => answer.await,
         };
         serde_json::from_str(&text).expect("an answer is JSON")

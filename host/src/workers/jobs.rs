@@ -11,6 +11,7 @@ use crate::config::FailurePolicy;
 use crate::deliver::{self, Batch, Notify, Outcome};
 use crate::envelope::{JsonBody, Topic};
 use crate::guest::{Authorization, ClientMessageRef, ClientVerdict, ConnectionRef, Lookup};
+use crate::hub::Replay;
 use crate::metrics as m;
 
 impl Inner {
@@ -27,26 +28,28 @@ impl Inner {
         let lookup = self.registry.lookup(tenant);
         match job {
             Job::Notify(n) => {
-                let outcome = match lookup {
-                    Lookup::None => Outcome::Deliver(vec![n.original()]),
-                    Lookup::NotLoaded => {
-                        metrics::counter!(m::GUEST_FAILURES, "tenant" => tenant.to_string(), "kind" => "not_loaded")
-                            .increment(1);
-                        self.on_failure(&n, "not_loaded", NOT_LOADED.into())
-                    }
-                    Lookup::Guest(module) => match runner
-                        .on_notify(self.registry.runtime(), &self.rules, module, &n)
-                        .await
-                    {
-                        Ok(verdict) => {
-                            let outcome = deliver::apply(verdict, &n);
-                            runner.count(&outcome);
-                            outcome
-                        }
-                        Err(f) => self.on_failure(&n, f.kind, f.detail),
-                    },
-                };
+                let outcome = self.notify_outcome(runner, &lookup, &n).await;
                 self.deliverer.finish(&lane.stream, &n, outcome, batch);
+            }
+            Job::Replay {
+                notes,
+                session,
+                end,
+            } => {
+                let mut deliveries = Vec::new();
+                for n in &notes {
+                    let outcome = self.notify_outcome(runner, &lookup, n).await;
+                    deliveries.extend(self.deliverer.replayed(n, outcome));
+                }
+                // What this lane delivered before goes out first: the replay takes its place
+                // after it, and ahead of what follows.
+                self.deliverer.publish(batch);
+                self.deliverer.hub.replay(Replay {
+                    tenant: tenant.clone(),
+                    session,
+                    deliveries,
+                    end,
+                });
             }
             Job::ClientMessage { topic, body, reply } => {
                 let outcome = match lookup {
@@ -114,6 +117,29 @@ impl Inner {
                 };
                 let _ = reply.send(Ok(answer));
             }
+        }
+    }
+
+    /// What a notification becomes through the tenant's guest (or without one).
+    async fn notify_outcome(&self, runner: &mut Runner, lookup: &Lookup, n: &Notify) -> Outcome {
+        match lookup {
+            Lookup::None => Outcome::Deliver(vec![n.original()]),
+            Lookup::NotLoaded => {
+                metrics::counter!(m::GUEST_FAILURES, "tenant" => n.tenant.to_string(), "kind" => "not_loaded")
+                    .increment(1);
+                self.on_failure(n, "not_loaded", NOT_LOADED.into())
+            }
+            Lookup::Guest(module) => match runner
+                .on_notify(self.registry.runtime(), &self.rules, module.clone(), n)
+                .await
+            {
+                Ok(verdict) => {
+                    let outcome = deliver::apply(verdict, n);
+                    runner.count(&outcome);
+                    outcome
+                }
+                Err(f) => self.on_failure(n, f.kind, f.detail),
+            },
         }
     }
 

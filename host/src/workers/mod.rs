@@ -33,6 +33,7 @@ use crate::config::FailurePolicy;
 use crate::deliver::{Batch, Deliverer, Notify, Outcome};
 use crate::envelope::{JsonBody, TenantId, Topic};
 use crate::guest::{Authorization, GuestRegistry, Lookup};
+use crate::hub::{ReplayEnd, SessionAddress};
 use crate::metrics as m;
 use lanes::{cool_down, drain, Lane};
 use runner::Runner;
@@ -122,6 +123,12 @@ pub struct Busy(pub String);
 /// Work for a tenant's guest.
 enum Job {
     Notify(Notify),
+    /// Stored messages a session missed, run through the guest and sent to that session alone.
+    Replay {
+        notes: Vec<Notify>,
+        session: SessionAddress,
+        end: Option<ReplayEnd>,
+    },
     ClientMessage {
         topic: Option<Topic>,
         body: JsonBody,
@@ -217,6 +224,26 @@ impl Workers {
         // deliver this one.
         self.publish(batch);
         self.inner.enqueue(&n.tenant.clone(), Job::Notify(n));
+    }
+
+    /// Queues a replay for one session on `tenant`'s lane, behind the tenant's messages handed over
+    /// before it and ahead of those after (see `streams`). Never dropped for a full queue: a
+    /// recovery is bounded by `--stream-recover-max`.
+    pub fn replay(
+        &self,
+        tenant: &TenantId,
+        notes: Vec<Notify>,
+        session: SessionAddress,
+        end: Option<ReplayEnd>,
+    ) {
+        self.inner.enqueue(
+            tenant,
+            Job::Replay {
+                notes,
+                session,
+                end,
+            },
+        );
     }
 
     /// Fans out what [`Workers::dispatch`] delivered inline.
@@ -343,7 +370,9 @@ impl Inner {
         if matches!(job, Job::Notify(_)) {
             lane.stream.received.increment(1);
         }
-        if state.jobs.len() >= self.scheduling.queue_per_tenant {
+        if state.jobs.len() >= self.scheduling.queue_per_tenant
+            && !matches!(job, Job::Replay { .. })
+        {
             // Only a dropped message opens an episode: that is what its log line and the
             // clients' gap notice are about.
             let first = matches!(job, Job::Notify(_)) && !state.overflowing;
@@ -394,6 +423,8 @@ impl Inner {
             Job::Authorize { reply, .. } => {
                 let _ = reply.send(Err(Busy(QUEUE_FULL.into())));
             }
+            // Never refused for a full queue (see `submit`).
+            Job::Replay { .. } => {}
         }
     }
 }

@@ -97,6 +97,7 @@ impl Runner {
                 });
             }
             slot.isolated_until = None;
+            slot.isolations_ended.increment(1);
             slot.failures = 0;
             tracing::info!(%tenant, "isolation over; trying the guest again");
         }
@@ -338,6 +339,17 @@ struct GuestSlot {
     rejected: metrics::Counter,
     /// `pgws_guest_call_seconds{tenant}`.
     seconds: metrics::Histogram,
+    /// `pgws_guest_isolations_ended_total{tenant}`: an isolation ends when it runs out, or when
+    /// the slot goes (a new guest version, a forgotten lane).
+    isolations_ended: metrics::Counter,
+}
+
+impl Drop for GuestSlot {
+    fn drop(&mut self) {
+        if self.isolated_until.take().is_some() {
+            self.isolations_ended.increment(1);
+        }
+    }
 }
 
 impl GuestSlot {
@@ -348,6 +360,7 @@ impl GuestSlot {
             dropped: outcome("dropped"),
             rejected: outcome("rejected"),
             seconds: metrics::histogram!(m::GUEST_CALL_SECONDS, "tenant" => tenant.to_string()),
+            isolations_ended: metrics::counter!(m::GUEST_ISOLATIONS_ENDED, "tenant" => tenant.to_string()),
             module,
             instance: None,
             failures: 0,

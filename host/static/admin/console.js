@@ -8,9 +8,10 @@ const $ = (id) => document.getElementById(id);
 
 let token = null;
 let timers = [];
+let session = 0; // bumped at sign-out, so a poll of an earlier sign-in stops
 let last = null; // the previous /admin/stats answer
 let selected = null; // the charted tenant
-const history = new Map(); // tenant → {t, in, out, conns, p50, p99, fail}
+const series = new Map(); // tenant → {t, in, out, conns, p50, p99, fail}
 let charts = null;
 
 class Refused extends Error {}
@@ -48,19 +49,29 @@ $('login-form').addEventListener('submit', async (event) => {
   charts = charts || makeCharts();
   refreshGuests();
   refreshChannels();
-  timers = [
-    setInterval(() => poll(api('GET', '/admin/stats').then(update)), 1000),
-    setInterval(() => poll(refreshGuests()), 5000),
-    setInterval(() => poll(refreshChannels()), 5000),
-  ];
+  const mine = session;
+  // Each poll starts a second after the previous one ended, so slow answers never pile up.
+  const every = (ms, work) => {
+    const run = () => poll(work()).finally(() => {
+      if (session === mine && token) timers.push(setTimeout(run, ms));
+    });
+    timers.push(setTimeout(run, ms));
+  };
+  every(1000, () => api('GET', '/admin/stats').then(update));
+  every(5000, refreshGuests);
+  every(5000, refreshChannels);
 });
 
 $('signout').addEventListener('click', () => signOut(''));
 
 function signOut(reason) {
   token = null;
-  timers.forEach(clearInterval);
+  session += 1;
+  timers.forEach(clearTimeout);
   timers = [];
+  last = null;
+  selected = null;
+  series.clear();
   $('dashboard').hidden = true;
   $('signout').hidden = true;
   $('login').hidden = false;
@@ -68,7 +79,7 @@ function signOut(reason) {
 }
 
 function poll(promise) {
-  promise.catch((e) => {
+  return promise.catch((e) => {
     if (e instanceof Refused) signOut('Signed out: ' + e.message + '.');
     else setListener(false, 'pgws unreachable');
   });
@@ -97,9 +108,12 @@ function percentile(counts, bounds, q) {
 }
 
 function update(snap) {
+  // An answer older than the last one shown (answers can overtake each other) is dropped.
+  if (last && snap.now_ms <= last.now_ms) return;
   setListener(snap.listener_connected, snap.listener_connected ? 'listening' : 'disconnected');
   $('received').textContent = `${snap.notifications_received} notifications received · `
-    + `${snap.listener_reconnects} reconnects`;
+    + `${snap.listener_reconnects} reconnects · ${snap.tenant_count} tenants`
+    + (snap.tenant_count > snap.tenants.length ? ` (the ${snap.tenants.length} busiest shown)` : '');
   const before = new Map((last ? last.tenants : []).map((t) => [t.tenant, t]));
   const seconds = last ? Math.max(0.001, (snap.now_ms - last.now_ms) / 1000) : null;
   const rows = [];
@@ -124,10 +138,10 @@ function update(snap) {
     record(row, snap.now_ms / 1000);
   }
   last = snap;
-  for (const name of history.keys()) {
-    if (!snap.tenants.some((t) => t.tenant === name)) history.delete(name);
+  for (const name of series.keys()) {
+    if (!snap.tenants.some((t) => t.tenant === name)) series.delete(name);
   }
-  if (!selected || !history.has(selected)) {
+  if (!selected || !series.has(selected)) {
     const busiest = rows.slice().sort((a, b) => (b.out || 0) - (a.out || 0))[0];
     selected = busiest ? busiest.tenant : null;
   }
@@ -136,10 +150,10 @@ function update(snap) {
 }
 
 function record(row, now) {
-  let h = history.get(row.tenant);
+  let h = series.get(row.tenant);
   if (!h) {
     h = { t: [], in: [], out: [], conns: [], p50: [], p99: [], fail: [] };
-    history.set(row.tenant, h);
+    series.set(row.tenant, h);
   }
   for (const key of Object.keys(h)) h[key].push(key === 't' ? now : row[key]);
   while (h.t.length && h.t[0] < now - KEEP_SECONDS) for (const key of Object.keys(h)) h[key].shift();
@@ -212,7 +226,7 @@ function makeCharts() {
 
 function drawCharts() {
   if (!charts) return;
-  const h = selected && history.get(selected);
+  const h = selected && series.get(selected);
   for (const { spec, plot } of charts) {
     plot.setData(h ? [h.t, ...spec.series.map(([key]) => h[key])] : [[], ...spec.series.map(() => [])]);
   }
@@ -237,9 +251,13 @@ async function refreshGuests() {
       const td = document.createElement('td');
       td.className = cls + (['bytes', 'compile', 'failures'].includes(cls) ? ' num' : '');
       td.textContent = String(v);
-      if (cls === 'state' && g.state !== 'serving') {
+      if (cls === 'state' && (g.state !== 'serving' || g.refused)) {
         td.classList.add('warn');
-        if (g.refused) td.title = g.refused.error || '';
+        // A refused file behind a version that still serves is worth seeing too.
+        if (g.refused) {
+          td.textContent = g.state === 'serving' ? 'serving (newer file refused)' : g.state;
+          td.title = g.refused.error || JSON.stringify(g.refused);
+        }
       }
       tr.appendChild(td);
     }

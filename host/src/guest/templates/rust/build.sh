@@ -3,5 +3,7 @@
 set -eu
 cd "$(dirname "$0")"
 cargo build --quiet --release --target wasm32-wasip2
-cp "${CARGO_TARGET_DIR:-target}/wasm32-wasip2/release/{{crate}}.wasm" {{name}}.wasm
+# Wherever cargo builds (CARGO_TARGET_DIR, build.target-dir, or ./target).
+target="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+cp "${target:-target}/wasm32-wasip2/release/{{crate}}.wasm" {{name}}.wasm
 echo "built {{name}}.wasm"
