@@ -4,7 +4,11 @@
 //   const client = new PgwsClient('ws://localhost:8080/ws', {
 //     token,                      // a JWT; or, on a development server, tenant: 'acme'
 //     topics: ['orders'],         // subscribed now and again after every reconnect
-//     onMessage: (m) => …,        // { topic, seq, data }
+//     onMessage: (m) => …,        // { topic, seq, data }, or for a durable message
+//                                 // { topic, offset, epoch, data }
+//     onRecovered: (r) => …,      // after a reconnect: { recovered: true, replayed: N } once the
+//                                 // N durable messages missed meanwhile arrived (through
+//                                 // onMessage), or { recovered: false, reason }: reload
 //     onGap: (notice) => …,       // the server lost Postgres for a while: re-read what you need
 //     onStatus: (status) => …,    // 'connecting' | 'open' | 'closed'
 //     onError: (err) => …,        // { code, message } for frames the server refused
@@ -12,7 +16,9 @@
 //   await client.publish({ text: 'hi' }, 'chat');   // rejects with { code, message }
 //
 // It speaks the pgws.v1 protocol (PROTOCOL.md), passes the token as a `bearer.<token>` subprotocol
-// (browsers cannot set headers), and reconnects with exponential back-off.
+// (browsers cannot set headers), and reconnects with exponential back-off. It remembers the position
+// of the last durable message (a server with --streams) and, on reconnect, subscribes from it, so
+// the server sends what was missed before live messages: no gap, no duplicate.
 
 export class PgwsClient {
   constructor(url, options = {}) {
@@ -26,6 +32,8 @@ export class PgwsClient {
     this.nextRef = 1;
     this.closing = false;
     this.socket = null;
+    // The last durable message's place: { epoch, offset }, or null before the first.
+    this.position = options.position ?? null;
     this.connect();
   }
 
@@ -44,7 +52,11 @@ export class PgwsClient {
     socket.addEventListener('open', () => {
       this.backoff = this.minBackoff;
       this.status('open');
-      if (this.topics.size) this.request({ type: 'subscribe', topics: [...this.topics] }).catch(() => {});
+      // Always subscribe once: a session takes durable messages from its first subscribe, which
+      // recovers from the last position when there is one.
+      const frame = { type: 'subscribe', topics: [...this.topics] };
+      if (this.position) frame.since = this.position;
+      this.request(frame).catch(() => {});
     });
     socket.addEventListener('message', (event) => this.receive(event.data));
     // A socket is lost once: browsers follow a failed connect's `error` with `close`, but some
@@ -80,6 +92,9 @@ export class PgwsClient {
       return;
     }
     if (!('type' in frame)) {
+      if (typeof frame.offset === 'number' && typeof frame.epoch === 'string') {
+        this.position = { epoch: frame.epoch, offset: frame.offset };
+      }
       this.options.onMessage?.(frame);
       return;
     }
@@ -88,6 +103,11 @@ export class PgwsClient {
     if (frame.type === 'error') {
       if (waiting) waiting.reject(frame);
       this.options.onError?.(frame);
+    } else if (frame.type === 'recovered') {
+      // From here on the session stands at the report's position (also when nothing was sent).
+      if (frame.epoch) this.position = { epoch: frame.epoch, offset: frame.offset };
+      else if (!frame.recovered) this.position = null;
+      this.options.onRecovered?.(frame);
     } else if (frame.type === 'gap') {
       this.options.onGap?.(frame);
     } else if (frame.type === 'welcome') {

@@ -7,10 +7,12 @@
 //   {"ready": true}              after an `open`, once the client's own re-subscription was answered
 //   {"message": {topic, seq, data}}
 //   {"gap": <notice>}
+//   {"recovered": <report>}      after a reconnect with a durable position
 //   {"retry_ms": <n>}            each reconnect delay the client scheduled
 // stdin: one JSON command per line:
 //   {"oversize": <n>}            sends a text frame of n bytes on the current socket (the server
 //                                closes a connection whose message is over --max-client-message)
+//   {"drop": true}               closes the current socket only: the client reconnects
 //   {"close": true}              closes the client and exits
 import readline from "node:readline";
 
@@ -45,6 +47,7 @@ const client = new PgwsClient(url, {
   },
   onMessage: (message) => out({ message }),
   onGap: (gap) => out({ gap }),
+  onRecovered: (recovered) => out({ recovered }),
 });
 
 const lines = readline.createInterface({ input: process.stdin });
@@ -53,6 +56,8 @@ lines.on("line", (line) => {
   const cmd = JSON.parse(line);
   if (cmd.oversize) {
     client.socket.send("x".repeat(cmd.oversize));
+  } else if (cmd.drop) {
+    client.socket.close(1000);
   } else if (cmd.close) {
     client.close();
     process.exit(0);

@@ -795,7 +795,7 @@ async fn trigger_channel_topic_and_key_arguments() -> anyhow::Result<()> {
 // ---- client/pgws-client.js ---------------------------------------------------------------------
 
 /// Reads the driver's next line.
-async fn driver_line(
+pub(crate) async fn driver_line(
     lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
 ) -> anyhow::Result<Value> {
     let line = tokio::time::timeout(PATIENCE, lines.next_line())

@@ -463,3 +463,70 @@ async fn two_hosts_deliver_the_same_stream() -> anyhow::Result<()> {
     assert_eq!(m["offset"], 1);
     Ok(())
 }
+
+/// The JavaScript client (`client/pgws-client.js`, under Node) keeps the last position and, when its
+/// connection drops, subscribes from it on reconnect: the messages stored meanwhile arrive, then the
+/// `recovered` report with their number, then live ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_javascript_client_recovers_by_itself() -> anyhow::Result<()> {
+    use crate::documented::driver_line;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (server, url) = durable_app(&[]).await?;
+    let sql = connect(&url).await?;
+    let tools =
+        tokio::task::spawn_blocking(|| crate::harness::node_modules("browser", "playwright-core"))
+            .await?;
+    // A long first back-off: the messages below are stored while the client is away.
+    let options =
+        json!({"tenant": "acme", "topics": ["t"], "minBackoffMs": 1500, "maxBackoffMs": 1500});
+    let mut node = tokio::process::Command::new("node")
+        .args(["--experimental-websocket", "--no-warnings"])
+        .arg(tools.join("client-driver.mjs"))
+        .arg(server.ws_url(""))
+        .arg(options.to_string())
+        .current_dir(&tools)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stdin = node.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+    // Up to its first message; then away while 50 more are stored.
+    while driver_line(&mut lines).await? != json!({"ready": true}) {}
+    publish(&sql, "acme", Some("t"), r#"{"n": 0}"#).await?;
+    let first = driver_line(&mut lines).await?;
+    assert_eq!(first["message"]["offset"], 1, "{first}");
+    stdin.write_all(b"{\"drop\": true}\n").await?;
+    loop {
+        let line = driver_line(&mut lines).await?;
+        if line.get("retry_ms").is_some() {
+            break;
+        }
+    }
+    for n in 1..=50 {
+        publish(&sql, "acme", Some("t"), &json!({ "n": n }).to_string()).await?;
+    }
+    let mut replayed = Vec::new();
+    let report = loop {
+        let line = driver_line(&mut lines).await?;
+        if let Some(m) = line.get("message") {
+            replayed.push(m["offset"].as_u64().expect("offset"));
+        } else if let Some(r) = line.get("recovered") {
+            break r.clone();
+        }
+    };
+    assert_eq!(replayed, (2..=51).collect::<Vec<_>>());
+    assert_eq!(report["recovered"], true, "{report}");
+    assert_eq!(report["replayed"], 50);
+    publish(&sql, "acme", Some("t"), r#"{"n": "live"}"#).await?;
+    let live = loop {
+        let line = driver_line(&mut lines).await?;
+        if let Some(m) = line.get("message") {
+            break m.clone();
+        }
+    };
+    assert_eq!(live["offset"], 52);
+    assert_eq!(live["data"], json!({"n": "live"}));
+    stdin.write_all(b"{\"close\": true}\n").await?;
+    Ok(())
+}
