@@ -1,12 +1,14 @@
 //! The `pgws.v1` envelope protocol: client frames parsed at the edge, server control frames encoded.
 //!
 //! Client → server (text frames, JSON):
-//! - `{"type":"subscribe","topics":["orders"],"ref":1}` → `{"type":"subscribed","topics":[…],"ref":1}`
+//! - `{"type":"subscribe","topics":["orders"],"ref":1}` → `{"type":"subscribed","topics":[…],"ref":1}`;
+//!   with `"since":{"epoch":…,"offset":…}` (first subscribe, `--streams`) the stored messages missed
+//!   and a `{"type":"recovered",…}` report follow
 //! - `{"type":"unsubscribe","topics":["orders"],"ref":2}` → `{"type":"unsubscribed",…}`
 //! - `{"type":"publish","topic":"orders","data":{…},"ref":3}` → `{"type":"published","ref":3}`
 //!
 //! Server → client: messages `{"topic":"orders","seq":12,"data":{…}}` (`topic` is null for
-//! tenant-wide messages), `{"type":"welcome",…}` first, `{"type":"gap",…}` after the server lost
+//! tenant-wide messages; stored ones have `"offset":…,"epoch":…` in place of `seq`), `{"type":"welcome",…}` first, `{"type":"gap",…}` after the server lost
 //! Postgres for a while, and `{"type":"error","code":…,"message":…,"ref":…}` for any refused frame.
 //! `ref` is optional and echoed as given. This module does not act on frames (`session` does).
 

@@ -21,6 +21,11 @@ scenarios (targets in BENCHMARKS.md):
   latency-large   10,000 subscribers x 10 NOTIFY/s
   ingest-single   single-NOTIFY commits as fast as 8 connections can (40,000/s asked), no clients
   ingest-batched  250,000 NOTIFY/s in 100-NOTIFY transactions, no clients
+  durable-100     durable streams: 100 subscribers x 1,000 stored messages/s (single-message commits)
+  durable-1000    durable streams: 1,000 subscribers x 100 stored messages/s
+  durable-max     durable streams: 100 subscribers, 20,000 messages/s asked in transactions of 100
+  notify-max      the same shape with plain NOTIFY, for comparison
+  catch-up        100,000 stored messages replayed to one reconnecting client (CATCHUP=<n>)
   socketio-burst  50 runs of 500 socket.io clients connecting at once, each subscribing on connect:
                   every subscribe must be answered (RUNS=<n>)
   idle-socketio   5,000 idle socket.io clients (WebSocket, one subscription each): RSS per connection
@@ -101,6 +106,12 @@ ws() {
     --metrics-addr "127.0.0.1:$port" "$@" "${extra[@]}"
 }
 
+durable() {
+  "$pgws_bin" --database-url "$DATABASE_URL" schema install >/dev/null
+  server_args=(--streams "${server_args[@]}")
+  ws --durable "$@"
+}
+
 sio() {
   server --socketio-anonymous-tenant bench
   "$bin/loadgen" --protocol socketio --ws "ws://127.0.0.1:$port" --channel bench \
@@ -142,6 +153,15 @@ case "$scenario" in
       pids+=($!)
     fi
     ws --clients 200 --tenants 2 --rate 200 --seconds 10 ;;
+  durable-100)    durable --clients 100 --tenants 1 --rate 1000 --seconds 10 ;;
+  durable-1000)   durable --clients 1000 --tenants 1 --rate 100 --seconds 10 ;;
+  durable-max)    durable --clients 100 --tenants 1 --rate 20000 --batch 100 --producers 4 --seconds 10 ;;
+  notify-max)     ws --clients 100 --tenants 1 --rate 20000 --batch 100 --producers 4 --seconds 10 ;;
+  catch-up)
+    n=${CATCHUP:-100000}
+    "$pgws_bin" --database-url "$DATABASE_URL" schema install >/dev/null
+    server --insecure-tenant-param --streams --stream-recover-max "$n" --stream-retention-count "$n"
+    "$bin/loadgen" --ws "ws://127.0.0.1:$port/ws" --catch-up "$n" "${extra[@]}" ;;
   socketio-burst)
     server --socketio-anonymous-tenant bench
     unanswered=0

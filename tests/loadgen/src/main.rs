@@ -77,6 +77,15 @@ struct Args {
     /// What the clients speak: pgws WebSocket at `--ws`, or socket.io at `<--ws>/socket.io/`.
     #[arg(long, value_enum, default_value_t = Protocol::Ws)]
     protocol: Protocol,
+    /// Store messages with `pgws_publish` (durable streams; the server runs with `--streams`)
+    /// instead of sending NOTIFYs.
+    #[arg(long)]
+    durable: bool,
+    /// Catch-up run: store this many messages for tenant t0, then time one `pgws.v1` client that
+    /// subscribes from offset 0 until its `recovered` report (needs `--stream-recover-max` at least
+    /// this on the server).
+    #[arg(long)]
+    catch_up: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -109,33 +118,41 @@ async fn produce(args: Args, sent: Arc<AtomicU64>) -> anyhow::Result<()> {
                 let sql = if args.batch == 1 {
                     n += 1;
                     let body = format!("{{\"ts\":{},\"p\":{p},\"n\":{n}}}", now_micros());
-                    let payload = match args.protocol {
-                        Protocol::Ws => {
-                            let tenant = (n * args.producers + p) % args.tenants as u64;
-                            format!("t{tenant},{body}")
-                        }
-                        Protocol::Socketio => body,
-                    };
-                    format!("select pg_notify('{}', '{payload}')", args.channel)
+                    let tenant = (n * args.producers + p) % args.tenants as u64;
+                    if args.durable {
+                        format!("select pgws_publish('t{tenant}', NULL, '{body}')")
+                    } else {
+                        let payload = match args.protocol {
+                            Protocol::Ws => format!("t{tenant},{body}"),
+                            Protocol::Socketio => body,
+                        };
+                        format!("select pg_notify('{}', '{payload}')", args.channel)
+                    }
                 } else {
                     // One statement makes the whole batch inside Postgres: building and parsing a
                     // hundred statements a transaction was what limited the generator. Every payload
                     // differs (`n`), so Postgres does not fold any of them together.
                     let first = n + 1;
                     n += args.batch;
-                    let address = match args.protocol {
-                        Protocol::Ws => format!(
-                            "'t' || ((g * {} + {p}) % {}) || ','",
-                            args.producers, args.tenants
-                        ),
-                        Protocol::Socketio => "''".into(),
-                    };
-                    format!(
-                        "select pg_notify('{}', {address} || '{{\"ts\":{},\"p\":{p},\"n\":' || g || '}}') \
-                         from generate_series({first}::bigint, {n}::bigint) g",
-                        args.channel,
-                        now_micros()
-                    )
+                    let tenant =
+                        format!("'t' || ((g * {} + {p}) % {})", args.producers, args.tenants);
+                    let body = format!("'{{\"ts\":{},\"p\":{p},\"n\":' || g || '}}'", now_micros());
+                    if args.durable {
+                        format!(
+                            "select pgws_publish({tenant}, NULL, ({body})::jsonb) \
+                             from generate_series({first}::bigint, {n}::bigint) g"
+                        )
+                    } else {
+                        let address = match args.protocol {
+                            Protocol::Ws => format!("{tenant} || ','"),
+                            Protocol::Socketio => "''".into(),
+                        };
+                        format!(
+                            "select pg_notify('{}', {address} || {body}) \
+                             from generate_series({first}::bigint, {n}::bigint) g",
+                            args.channel
+                        )
+                    }
                 };
                 client.batch_execute(&sql).await?;
                 sent.fetch_add(args.batch, Ordering::Relaxed);
@@ -195,7 +212,11 @@ fn now_micros() -> u64 {
 /// by a byte search rather than a JSON parse: at a million frames a second the generator's own CPU
 /// is what limits the measurement.
 fn sent_at(text: &str) -> Option<u64> {
-    let at = text.find("\"ts\":")? + 5;
+    let mut at = text.find("\"ts\":")? + 5;
+    // A stored (jsonb) body comes back as `"ts": 123`.
+    if text.as_bytes().get(at) == Some(&b' ') {
+        at += 1;
+    }
     let digits = text[at..].bytes().take_while(u8::is_ascii_digit).count();
     text[at..at + digits].parse().ok()
 }
@@ -292,6 +313,9 @@ async fn open_client(args: &Args, i: usize) -> anyhow::Result<Ws> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(n) = args.catch_up {
+        return catch_up(&args, n).await;
+    }
     let idle_before = args.server_pid.and_then(proc_stats);
 
     // Connect every client first.
@@ -575,6 +599,82 @@ async fn main() -> anyhow::Result<()> {
         if let Some(b) = idle_per_conn {
             println!("{:<30} {:.0} bytes", "RSS per idle connection", b);
         }
+    }
+    Ok(())
+}
+
+/// `--catch-up n`: stores `n` messages for t0, then times one `pgws.v1` client that recovers them all
+/// from offset 0.
+async fn catch_up(args: &Args, n: u64) -> anyhow::Result<()> {
+    let (client, conn) = tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let stored = Instant::now();
+    let mut first = 1;
+    while first <= n {
+        let last = (first + 9_999).min(n);
+        client
+            .batch_execute(&format!(
+                "select pgws_publish('t0', NULL, ('{{\"n\":' || g || ',\"pad\":\"{}\"}}')::jsonb) \
+                 from generate_series({first}::bigint, {last}::bigint) g",
+                "x".repeat(100)
+            ))
+            .await?;
+        first = last + 1;
+    }
+    let store_time = stored.elapsed();
+    let epoch: String = client
+        .query_one("select epoch from pgws_stream where tenant = 't0'", &[])
+        .await?
+        .get(0);
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("{}?tenant=t0", args.ws).into_client_request()?;
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "pgws.v1".parse()?);
+    let host = args
+        .ws
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .context("ws url")?;
+    let stream = tokio::net::TcpStream::connect(host).await?;
+    let (mut ws, _) = tokio_tungstenite::client_async(request, stream).await?;
+    next_text(&mut ws, "welcome").await?;
+    let started = Instant::now();
+    use futures_util::SinkExt;
+    ws.send(Message::Text(
+        serde_json::json!({"type": "subscribe", "topics": [], "since": {"epoch": epoch, "offset": 0}})
+            .to_string()
+            .into(),
+    ))
+    .await?;
+    let mut replayed = 0u64;
+    let report = loop {
+        let text = next_text(&mut ws, "a replayed message").await?;
+        if text.starts_with("{\"type\":\"recovered\"") {
+            break text;
+        }
+        if !text.starts_with("{\"type\"") {
+            replayed += 1;
+        }
+    };
+    let took = started.elapsed();
+    let rate = replayed as f64 / took.as_secs_f64();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"stored": n, "replayed": replayed, "seconds": took.as_secs_f64(), "per_second": rate})
+        );
+    } else {
+        println!(
+            "stored {n} messages (~140 B bodies) in {:.1} s",
+            store_time.as_secs_f64()
+        );
+        println!(
+            "replayed {replayed} to one reconnecting client in {:.2} s: {rate:.0} messages/s",
+            took.as_secs_f64()
+        );
+        println!("report: {report}");
     }
     Ok(())
 }
