@@ -51,12 +51,13 @@ export class PgwsClient {
     this.socket = socket;
     socket.addEventListener('open', () => {
       this.backoff = this.minBackoff;
-      this.status('open');
-      // Always subscribe once: a session takes durable messages from its first subscribe, which
-      // recovers from the last position when there is one.
+      // Always subscribe once, first (before the application hears `open` and asks for more): a
+      // session takes durable messages from its first subscribe, which recovers from the last
+      // position when there is one.
       const frame = { type: 'subscribe', topics: [...this.topics] };
       if (this.position) frame.since = this.position;
       this.request(frame).catch(() => {});
+      this.status('open');
     });
     socket.addEventListener('message', (event) => this.receive(event.data));
     // A socket is lost once: browsers follow a failed connect's `error` with `close`, but some

@@ -7,7 +7,9 @@
 -- publishing transaction ends, so a tenant's offsets are handed out in commit order: a reader that
 -- takes "offset > last seen" never skips a row that commits late. The cost: one tenant's publishing
 -- transactions commit one at a time (publish last, just before COMMIT, to hold the lock briefly);
--- other tenants never wait. See README "Durable streams".
+-- other tenants never wait. A transaction that publishes to several tenants should do so in a fixed
+-- order (say, by name), or two such transactions can deadlock on each other's head rows. See README
+-- "Durable streams".
 
 CREATE TABLE IF NOT EXISTS pgws_schema (
     version integer NOT NULL
@@ -28,8 +30,10 @@ CREATE TABLE IF NOT EXISTS pgws_message (
     epoch       text NOT NULL,
     topic       text,
     body        jsonb NOT NULL,
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (tenant, "offset")
+    -- When it was stored (not when its transaction began): retention and recovery age go by it.
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- Serves "a tenant's stream after position P"; a reset stream's new epoch counts from 1 again.
+    PRIMARY KEY (tenant, epoch, "offset")
 );
 
 -- Serves retention by age.
@@ -48,9 +52,9 @@ DECLARE
     v_epoch text;
     v_max integer := coalesce(nullif(current_setting('pgws.max_body', true), '')::integer, 1048576);
 BEGIN
-    IF p_tenant IS NULL OR p_tenant !~ '^[A-Za-z0-9_.-]{1,64}$' THEN
+    IF p_tenant IS NULL OR p_tenant !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$' THEN
         RAISE EXCEPTION 'pgws_publish: invalid tenant name %', p_tenant
-            USING HINT = '1-64 of A-Z a-z 0-9 _ - .';
+            USING HINT = '1-64 of A-Z a-z 0-9 _ - ., starting with a letter or digit';
     END IF;
     IF p_topic IS NOT NULL AND (p_topic !~ '^[A-Za-z0-9_.:/-]{1,128}$' OR p_topic ~ '(^/|//|/$)') THEN
         RAISE EXCEPTION 'pgws_publish: invalid topic name %', p_topic

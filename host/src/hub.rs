@@ -85,6 +85,8 @@ pub enum Durable {
     /// None yet: a `pgws.v1` session before its first subscribe, which may ask to recover from a
     /// position first.
     Held,
+    /// None yet: its recovery is under way; its replay's end says where live messages start.
+    Recovering,
     /// Those after this position (`None`: every one).
     After(Option<Position>),
 }
@@ -92,7 +94,7 @@ pub enum Durable {
 impl Durable {
     fn accepts(&self, position: &Position) -> bool {
         match self {
-            Durable::Held => false,
+            Durable::Held | Durable::Recovering => false,
             Durable::After(None) => true,
             Durable::After(Some(after)) => position.is_after(after),
         }
@@ -144,7 +146,20 @@ impl Registration {
         }
     }
 
-    /// Starts taking every durable message from now on, unless the session already takes them.
+    /// Marks the session's recovery as under way, if it has neither recovered nor taken durable
+    /// messages yet; false otherwise (a second `since` would replay what may already be coming).
+    pub fn begin_recovery(&self) -> bool {
+        self.hub.shards[self.shard]
+            .with(&self.tenant, |members| {
+                let s = members.sessions.iter_mut().find(|s| s.id == self.id)?;
+                (s.durable == Durable::Held).then(|| s.durable = Durable::Recovering)
+            })
+            .flatten()
+            .is_some()
+    }
+
+    /// Starts taking every durable message from now on, unless the session already takes them or
+    /// is recovering (its replay decides where live messages start).
     pub fn take_durable(&self) {
         self.hub.shards[self.shard].with(&self.tenant, |members| {
             if let Some(s) = members.sessions.iter_mut().find(|s| s.id == self.id) {
@@ -153,18 +168,6 @@ impl Registration {
                 }
             }
         });
-    }
-
-    /// Whether the session still waits for its first subscribe to take durable messages.
-    pub fn holds_durable(&self) -> bool {
-        self.hub.shards[self.shard]
-            .with(&self.tenant, |members| {
-                members
-                    .sessions
-                    .iter()
-                    .any(|s| s.id == self.id && s.durable == Durable::Held)
-            })
-            .unwrap_or(false)
     }
 
     /// Changes which topics this session takes.
@@ -236,7 +239,8 @@ impl Feeder {
             }
         }
         if let Err(std::sync::mpsc::TrySendError::Full(dropped)) = self.queue.try_send(feed) {
-            // A dropped gap notice is covered by the one that follows the drop.
+            // A dropped gap notice is covered by the one that follows the drop. (Replays are
+            // never dropped: see `Hub::replay`.)
             if let Feed::Batch(batch) = dropped {
                 metrics::counter!(m::FANOUT_DROPPED).increment(batch.len() as u64);
             }
@@ -477,7 +481,10 @@ impl Hub {
             return;
         }
         let shard = replay.session.shard;
-        self.feeders[shard].send(Feed::Replay(replay));
+        // Waits for room rather than dropping it: a lost replay would leave its session waiting
+        // for its report for ever. Replays are rare, and a full shard queue means the shard is
+        // out of CPU, when waiting is what it needs.
+        let _ = self.feeders[shard].queue.send(Feed::Replay(replay));
     }
 
     /// Tells `tenant`'s (or every tenant's) `pgws.v1` sessions, behind what was published before.

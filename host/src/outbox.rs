@@ -61,6 +61,9 @@ struct State {
     ended: Option<Ended>,
     /// The session closed the outbox itself (its close frame is the last one queued).
     closing: bool,
+    /// Replayed frames still queued: a recovery (bounded by `--stream-recover-max`) may exceed the
+    /// queue's bound without the client counting as slow; the room shrinks as they are written.
+    replay_room: usize,
 }
 
 /// One client's socket and send queue, shared by the hub (writing deliveries) and the session
@@ -107,6 +110,16 @@ impl Outbox {
 
     /// Writes `frames` now if nothing is queued and the socket takes them, queues the rest.
     pub fn send(&self, frames: &[Bytes]) -> Sent {
+        self.send_with_room(frames, false)
+    }
+
+    /// [`send`](Self::send) for a replay of missed messages: what of them is queued does not count
+    /// against the bound.
+    pub fn send_replay(&self, frames: &[Bytes]) -> Sent {
+        self.send_with_room(frames, true)
+    }
+
+    fn send_with_room(&self, frames: &[Bytes], replay: bool) -> Sent {
         let mut state = self.lock();
         if state.ended.is_some() || state.closing {
             return Sent::Closed;
@@ -133,7 +146,10 @@ impl Outbox {
             state.offset = offset;
         }
         state.pending.extend(frames[first..].iter().cloned());
-        let sent = if state.pending.len() > self.limit {
+        if replay {
+            state.replay_room += frames.len() - first;
+        }
+        let sent = if state.pending.len() > self.limit + state.replay_room {
             // Keep a frame already partly on the wire, or the close frame would land inside it.
             let keep = usize::from(state.offset > 0);
             state.pending.truncate(keep);
@@ -194,6 +210,7 @@ impl Outbox {
             };
             progress |= done > 0 || offset != before;
             state.pending.drain(..done);
+            state.replay_room = state.replay_room.saturating_sub(done);
             state.offset = offset;
             if done < n {
                 return Ok(if progress {

@@ -163,14 +163,16 @@ pub async fn run(
         .context("starting the durable-stream reader")?;
         match streams.check_schema().await {
             Ok(version) => tracing::info!(version, "durable streams on"),
+            // Postgres is not up yet: the reader checks again once it is, as the listener waits.
             Err(e)
-                if e.downcast_ref::<crate::streams::schema::SchemaError>()
-                    .is_some() =>
+                if matches!(
+                    e.downcast_ref::<crate::streams::schema::SchemaError>(),
+                    Some(crate::streams::schema::SchemaError::Unreachable(_))
+                ) =>
             {
-                return Err(e.context("--streams"));
+                tracing::warn!(error = %e, "could not check the durable-streams schema yet")
             }
-            // Postgres is not up yet: the reader retries, as the listener does.
-            Err(e) => tracing::warn!(error = %e, "could not check the durable-streams schema yet"),
+            Err(e) => return Err(e.context("--streams")),
         }
         Some(streams)
     } else {

@@ -530,3 +530,70 @@ async fn the_javascript_client_recovers_by_itself() -> anyhow::Result<()> {
     stdin.write_all(b"{\"close\": true}\n").await?;
     Ok(())
 }
+
+/// A guest slower than the stream: its tenant's queue (`--guest-queue 4`) fills, yet no stored
+/// message is dropped — the reader waits for room and the rest waits in the database. A second
+/// `since` on one session is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_guest_loses_no_stored_message() -> anyhow::Result<()> {
+    let dir = guest_dir(&[("acme", &rust_guest("misbehave"))]);
+    let dir = dir.display().to_string();
+    let (server, url) = durable_app(&["--guests", &dir, "--guest-queue", "4"]).await?;
+    let mut sql = connect(&url).await?;
+    let mut client = v1(&server, "acme").await?;
+    subscribe(&mut client, None).await?;
+    let tx = sql.transaction().await?;
+    tx.execute(
+        "SELECT pgws_publish('acme', NULL, json_build_object('do', 'spin', 'ms', 2, 'n', g)::jsonb) \
+         FROM generate_series(1, 300) g",
+        &[],
+    )
+    .await?;
+    tx.commit().await?;
+    let got = match messages(&mut client, 300).await {
+        Ok(got) => got,
+        Err(e) => panic!("{e:#}\n{}", server.log_text()),
+    };
+    assert_eq!(offsets(&got), (1..=300).collect::<Vec<_>>());
+    assert_eq!(
+        server
+            .metric_or_zero("pgws_tenant_queue_dropped_total", &[("tenant", "acme")])
+            .await?,
+        0.0
+    );
+
+    let mut twice = v1(&server, "acme").await?;
+    let since = json!({"epoch": got[0]["epoch"], "offset": 300});
+    subscribe(&mut twice, Some(since.clone())).await?;
+    let again = twice
+        .request(json!({"type": "subscribe", "topics": ["t"], "since": since}))
+        .await?;
+    assert_eq!(again["type"], "error", "{again}");
+    assert_eq!(again["code"], "bad_frame");
+    Ok(())
+}
+
+/// `--streams` on a database without the schema refuses to start, saying what to run.
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_without_the_schema_refuse_to_start() -> anyhow::Result<()> {
+    let url = PgCluster::shared().fresh_database().await?;
+    let mut command = tokio::process::Command::from(pgws_command());
+    let out = tokio::time::timeout(
+        PATIENCE,
+        command
+            .args([
+                "--database-url",
+                &url,
+                "--streams",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pgws schema install"), "{stderr}");
+    Ok(())
+}

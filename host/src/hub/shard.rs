@@ -269,7 +269,7 @@ impl Shard {
             if frames.is_empty() {
                 return None;
             }
-            (s.outbox.send(&frames) == Sent::Overflow).then_some(s.id)
+            (s.outbox.send_replay(&frames) == Sent::Overflow).then_some(s.id)
         });
         if let Some(Some(id)) = too_slow {
             self.remove(&tenant, |members| members.sessions.retain(|s| s.id != id));

@@ -85,7 +85,7 @@ impl V1State {
                     let msg = format!("at most {} topics per connection", ctx.max_topics);
                     return Answer::Now(protocol::error("too_many_topics", &msg, r#ref.as_ref()));
                 }
-                if since.is_some() && !registration.holds_durable() {
+                if since.is_some() && ctx.streams.is_some() && !registration.begin_recovery() {
                     let msg = "`since` is taken only on a session's first subscribe";
                     return Answer::Now(protocol::error("bad_frame", msg, r#ref.as_ref()));
                 }

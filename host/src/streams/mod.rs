@@ -90,6 +90,8 @@ struct Inner {
     followed: Mutex<HashMap<TenantId, Arc<Followed>>>,
     /// Wakes the poller at once (after the listener lost doorbells).
     poll_now: Wake,
+    /// The schema was found in place (checked at start, or by the poller once Postgres answers).
+    schema_ok: AtomicBool,
 }
 
 /// One tenant this host serves.
@@ -112,9 +114,21 @@ struct Followed {
 struct Cursor {
     epoch: Option<Arc<str>>,
     offset: u64,
+    /// Whether the head was ever read. Until it is (Postgres was down when the tenant's first
+    /// session came), the cursor is not a place to read from: the first read starts at the head.
+    known: bool,
 }
 
 impl Cursor {
+    /// Stands at `head`: what is stored so far is history.
+    fn start_at(&mut self, head: Option<store::Head>) {
+        if let Some(head) = head {
+            self.epoch = Some(head.epoch.into());
+            self.offset = head.top;
+        }
+        self.known = true;
+    }
+
     fn position(&self) -> Option<Position> {
         self.epoch.as_ref().map(|epoch| Position {
             epoch: epoch.clone(),
@@ -147,6 +161,8 @@ impl Streams {
     ) -> anyhow::Result<Streams> {
         let mut pg: tokio_postgres::Config = database_url.parse()?;
         pg.connect_timeout(Duration::from_secs(5));
+        // A read that hangs must not hold one of the few connections every tenant's reads share.
+        pg.options("-c statement_timeout=10000");
         let manager = Manager::from_config(
             pg,
             NoTls,
@@ -155,7 +171,7 @@ impl Streams {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(4)
+            .max_size(8)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_secs(5)))
             .create_timeout(Some(Duration::from_secs(5)))
@@ -168,6 +184,7 @@ impl Streams {
             rules: rules.clone(),
             followed: Mutex::default(),
             poll_now: Wake::new(),
+            schema_ok: AtomicBool::new(false),
         });
         tokio::spawn(poll_loop(inner.clone(), shutdown.clone()));
         tokio::spawn(retention::run(pool, rules.retention, shutdown));
@@ -176,8 +193,7 @@ impl Streams {
 
     /// Checks that the schema this binary reads is installed.
     pub async fn check_schema(&self) -> anyhow::Result<i32> {
-        let client = self.inner.pool.get().await?;
-        Ok(schema::check(&client).await?)
+        Ok(self.inner.check_schema().await?)
     }
 
     /// A doorbell rang for the tenant named in `payload`: read its new messages, if it is followed.
@@ -211,6 +227,17 @@ impl Streams {
 }
 
 impl Inner {
+    async fn check_schema(&self) -> Result<i32, schema::SchemaError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| schema::SchemaError::Unreachable(e.to_string()))?;
+        let version = schema::check(&client).await?;
+        self.schema_ok.store(true, Ordering::Relaxed);
+        Ok(version)
+    }
+
     /// The tenant's entry, made (and its cursor set to the stream's head) if it had none.
     async fn followed(self: &Arc<Self>, tenant: &TenantId) -> Arc<Followed> {
         let (f, new) = {
@@ -235,13 +262,9 @@ impl Inner {
         if new {
             let mut cursor = f.cursor.lock().await;
             match store::head(&self.pool, tenant).await {
-                Ok(Some(head)) => {
-                    cursor.epoch = Some(head.epoch.into());
-                    cursor.offset = head.top;
-                }
-                Ok(None) => {}
+                Ok(head) => cursor.start_at(head),
                 Err(e) => {
-                    // Read from the stream's start once Postgres answers again; the poll retries.
+                    // The first read starts at the head once Postgres answers; the poll retries.
                     tracing::warn!(%tenant, error = %e, "could not read the tenant's stream head");
                 }
             }
@@ -258,19 +281,36 @@ impl Inner {
         }
     }
 
-    /// Hands every message after the cursor to the tenant's lane, in order.
+    /// Hands every message after the cursor to the tenant's lane, in order, as fast as the lane
+    /// takes them.
     async fn read_new(&self, f: &Followed, cursor: &mut Cursor) -> Result<(), store::StoreError> {
         let tenant = &f.tenant;
+        if !cursor.known {
+            cursor.start_at(store::head(&self.pool, tenant).await?);
+            self.hub.tenant_gap(
+                tenant,
+                "messages stored while this server could not reach Postgres are not delivered live; recover them with since",
+            );
+        }
         let mut batch = Batch::default();
         loop {
             let Some(epoch) = cursor.epoch.clone() else {
-                // No head known yet: take the stream's first epoch from its start.
+                // No head when the tenant was followed: its stream's first epoch, from the start.
                 match store::head(&self.pool, tenant).await? {
                     Some(head) => cursor.epoch = Some(head.epoch.into()),
                     None => return Ok(()),
                 }
                 continue;
             };
+            // The lane drops no stored message, so it is not handed more than it queues: the rest
+            // waits in the database (a slow guest holds back only its own tenant).
+            loop {
+                let (queued, bound) = self.workers.backlog(tenant);
+                if queued + READ_BATCH <= bound.max(READ_BATCH) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             let (rows, unusable) = store::range(
                 &self.pool,
                 tenant,
@@ -300,22 +340,16 @@ impl Inner {
                     _ => break,
                 }
             }
-            let first = rows
-                .first()
-                .map(|r| r.position.offset)
-                .into_iter()
-                .chain(unusable.first().map(|u| u.offset))
-                .min()
-                .unwrap_or(cursor.offset + 1);
-            if first > cursor.offset + 1 {
+            let read = rows.len() + unusable.len();
+            let missing = holes(cursor.offset, &rows, &unusable);
+            if missing > 0 {
                 metrics::counter!(m::STREAM_EXPIRED, "tenant" => tenant.to_string())
-                    .increment(first - cursor.offset - 1);
+                    .increment(missing);
                 self.hub.tenant_gap(
                     tenant,
                     "stored messages expired before this server could deliver them",
                 );
             }
-            let read = rows.len() + unusable.len();
             let mut last = cursor.offset;
             for u in &unusable {
                 last = last.max(u.offset);
@@ -325,7 +359,6 @@ impl Inner {
             let received = Instant::now();
             for row in rows {
                 last = last.max(row.position.offset);
-                // An unusable row between two good ones is already counted; order is by offset.
                 let n = Notify {
                     tenant: tenant.clone(),
                     topic: row.topic,
@@ -349,8 +382,12 @@ impl Inner {
 
     async fn recover(self: &Arc<Self>, r: Recovery) {
         let f = self.followed(&r.tenant).await;
-        let cursor = f.cursor.lock().await;
-        let outcome = self.replay(&r, &cursor).await;
+        let mut cursor = f.cursor.lock().await;
+        // Up to date first: the client may come from a host that read further than this one.
+        let outcome = match self.read_new(&f, &mut cursor).await {
+            Ok(()) => self.replay(&r, &cursor).await,
+            Err(e) => Err(format!("could not read the stream: {e}")),
+        };
         let until = cursor.position();
         let reference = r.reference.clone();
         let (recovered, reason) = match &outcome {
@@ -420,13 +457,11 @@ impl Inner {
             )
             .await
             .map_err(|e| format!("could not read the stream: {e}"))?;
-            let first = rows
-                .first()
-                .map(|r| r.position.offset)
-                .into_iter()
-                .chain(unusable.first().map(|u| u.offset))
-                .min();
-            if first != Some(after + 1) {
+            if rows.is_empty() && unusable.is_empty()
+                || holes(after, &rows, &unusable) > 0
+                || (rows.len() + unusable.len() < READ_BATCH
+                    && last_offset(&rows, &unusable) != Some(cursor.offset))
+            {
                 return Err(expired());
             }
             let received = Instant::now();
@@ -452,6 +487,30 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// Offsets missing between `after` and the last of `rows` and `unusable` (both in offset order).
+fn holes(after: u64, rows: &[store::Stored], unusable: &[store::Unusable]) -> u64 {
+    let mut offsets: Vec<u64> = rows
+        .iter()
+        .map(|r| r.position.offset)
+        .chain(unusable.iter().map(|u| u.offset))
+        .collect();
+    offsets.sort_unstable();
+    let mut expected = after + 1;
+    let mut missing = 0;
+    for o in offsets {
+        missing += o.saturating_sub(expected);
+        expected = o + 1;
+    }
+    missing
+}
+
+fn last_offset(rows: &[store::Stored], unusable: &[store::Unusable]) -> Option<u64> {
+    rows.iter()
+        .map(|r| r.position.offset)
+        .chain(unusable.iter().map(|u| u.offset))
+        .max()
 }
 
 /// Reads `f`'s new messages until no read is wanted, then ends (the next doorbell starts another).
@@ -481,6 +540,19 @@ async fn poll_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(inner.rules.poll) => {}
             () = inner.poll_now.notified() => {}
+        }
+        if !inner.schema_ok.load(Ordering::Relaxed) {
+            // Postgres was down at start: say it once if the schema turns out to be missing.
+            match inner.check_schema().await {
+                Ok(version) => tracing::info!(version, "durable-streams schema found"),
+                Err(e @ schema::SchemaError::Unreachable(_)) => {
+                    tracing::debug!(error = %e, "durable-streams schema not checked yet");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "durable streams cannot be read");
+                    inner.schema_ok.store(true, Ordering::Relaxed);
+                }
+            }
         }
         let followed: Vec<Arc<Followed>> = {
             let mut map = lock(&inner.followed);

@@ -21,6 +21,10 @@ pub enum SchemaError {
     Version { found: i32 },
     #[error("checking the streams schema: {0}")]
     Check(#[source] tokio_postgres::Error),
+    #[error("no connection to Postgres: {0}")]
+    Unreachable(String),
+    #[error("the database has streams schema version {found}, newer than this pgws's {VERSION}: not downgrading it")]
+    Newer { found: i32 },
 }
 
 /// Installs (or brings up to date) the schema; returns the version now in place. Safe to run
@@ -30,6 +34,22 @@ pub async fn install(client: &mut Client) -> Result<i32, SchemaError> {
     tx.execute("SELECT pg_advisory_xact_lock(hashtext('pgws_schema'))", &[])
         .await
         .map_err(SchemaError::Install)?;
+    let installed: Option<i32> = if tx
+        .query_one("SELECT to_regclass('pgws_schema') IS NOT NULL", &[])
+        .await
+        .map_err(SchemaError::Install)?
+        .get(0)
+    {
+        tx.query_one("SELECT max(version) FROM pgws_schema", &[])
+            .await
+            .map_err(SchemaError::Install)?
+            .get(0)
+    } else {
+        None
+    };
+    if let Some(found) = installed.filter(|v| *v > VERSION) {
+        return Err(SchemaError::Newer { found });
+    }
     tx.batch_execute(SQL).await.map_err(SchemaError::Install)?;
     tx.commit().await.map_err(SchemaError::Install)?;
     check(client).await

@@ -7,6 +7,9 @@ use deadpool_postgres::Pool;
 
 use crate::envelope::{JsonBody, Position, TenantId, Topic};
 
+/// About how many stored bytes one read takes (Postgres' own, compressed, sizes).
+const READ_BYTES: i64 = 8 << 20;
+
 /// A stream's head: its epoch and last offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
@@ -99,12 +102,20 @@ pub async fn range(
     let client = pool.get().await?;
     let rows = client
         .query(
+            // At most `limit` rows and about READ_BYTES of them (always at least one): a batch of
+            // big bodies is read a few at a time.
             "SELECT \"offset\", topic, \
                     CASE WHEN octet_length(body::text) > $6 THEN NULL ELSE body::text END \
-             FROM pgws_message \
-             WHERE tenant = $1 AND epoch = $2 AND \"offset\" > $3 AND \"offset\" <= $4 \
-               AND ($7::float8 IS NULL OR created_at > now() - make_interval(secs => $7)) \
-             ORDER BY \"offset\" LIMIT $5",
+             FROM ( \
+                 SELECT \"offset\", topic, body, \
+                        sum(pg_column_size(body)) OVER (ORDER BY \"offset\") AS running, \
+                        row_number() OVER (ORDER BY \"offset\") AS n \
+                 FROM pgws_message \
+                 WHERE tenant = $1 AND epoch = $2 AND \"offset\" > $3 AND \"offset\" <= $4 \
+                   AND ($7::float8 IS NULL OR created_at > now() - make_interval(secs => $7)) \
+                 ORDER BY \"offset\" LIMIT $5) m \
+             WHERE n = 1 OR running <= $8 \
+             ORDER BY \"offset\"",
             &[
                 &tenant.as_str(),
                 &epoch,
@@ -113,6 +124,7 @@ pub async fn range(
                 &(limit.min(i64::MAX as usize) as i64),
                 &(max_body.min(i32::MAX as usize) as i32),
                 &newer_than.map(|d| d.as_secs_f64()),
+                &READ_BYTES,
             ],
         )
         .await?;
@@ -183,7 +195,8 @@ pub async fn delete_beyond(pool: &Pool, keep: i64, batch: i64) -> Result<u64, St
                  SELECT m.ctid FROM pgws_stream s \
                  JOIN LATERAL ( \
                      SELECT ctid FROM pgws_message \
-                     WHERE tenant = s.tenant AND \"offset\" <= s.top_offset - $1 \
+                     WHERE tenant = s.tenant AND epoch = s.epoch \
+                       AND \"offset\" <= s.top_offset - $1 \
                      ORDER BY \"offset\" LIMIT $2) m ON true \
                  WHERE s.top_offset > $1 LIMIT $2))",
             &[&keep, &batch],

@@ -246,6 +246,20 @@ impl Workers {
         );
     }
 
+    /// Jobs waiting in `tenant`'s lane, and how many it takes before it drops messages: the
+    /// stream reader hands over stored messages only while there is room.
+    pub fn backlog(&self, tenant: &TenantId) -> (usize, usize) {
+        let queued = self
+            .inner
+            .lanes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .cloned()
+            .map_or(0, |lane| lane.lock().jobs.len());
+        (queued, self.inner.scheduling.queue_per_tenant)
+    }
+
     /// Fans out what [`Workers::dispatch`] delivered inline.
     pub fn publish(&self, batch: &mut Batch) {
         self.inner.deliverer.publish(batch);
@@ -370,9 +384,14 @@ impl Inner {
         if matches!(job, Job::Notify(_)) {
             lane.stream.received.increment(1);
         }
-        if state.jobs.len() >= self.scheduling.queue_per_tenant
-            && !matches!(job, Job::Replay { .. })
-        {
+        // Stored messages and replays are never dropped for a full queue: the stream reader waits
+        // for room instead (see `Workers::backlog`), and they stay in the database meanwhile.
+        let keep = match &job {
+            Job::Replay { .. } => true,
+            Job::Notify(n) => n.position.is_some(),
+            _ => false,
+        };
+        if state.jobs.len() >= self.scheduling.queue_per_tenant && !keep {
             // Only a dropped message opens an episode: that is what its log line and the
             // clients' gap notice are about.
             let first = matches!(job, Job::Notify(_)) && !state.overflowing;
