@@ -21,7 +21,9 @@ CREATE TABLE IF NOT EXISTS pgws_stream (
     -- position of another epoch cannot recover and reload.
     epoch       text NOT NULL,
     top_offset  bigint NOT NULL,
-    updated_at  timestamptz NOT NULL DEFAULT now()
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    -- When the doorbell last rang for this stream (see pgws.doorbell_ms below).
+    rang_at     timestamptz NOT NULL DEFAULT '-infinity'
 ) WITH (fillfactor = 50);
 
 CREATE TABLE IF NOT EXISTS pgws_message (
@@ -43,6 +45,15 @@ CREATE INDEX IF NOT EXISTS pgws_message_created_at ON pgws_message (created_at);
 -- returns its offset. Call it inside your own transaction: the message is delivered if and only if
 -- that transaction commits. Rings the doorbell (`NOTIFY pgws_stream, '<tenant>'`; Postgres sends one
 -- per tenant per transaction, however many messages it published).
+--
+-- Every committing transaction that NOTIFYs takes a cluster-wide lock, so at high rates of small
+-- transactions the doorbell costs more than the message. With `SET pgws.doorbell_ms = 5` (per
+-- session, role or database) a stream's doorbell rings at most once per 5 ms; the pgws hosts, run
+-- with `--stream-doorbell-ms 5`, read a rung stream again 5 ms after each read that found messages,
+-- which picks up those whose doorbell stayed silent (a long transaction committing later than that
+-- waits for the safety poll, `--stream-poll-ms`). That helps busy streams; when many tenants each
+-- publish a little, `SET pgws.doorbell_ms = -1` rings no doorbell at all and the hosts find new
+-- messages by polling the heads of the tenants they serve (`--stream-poll-ms 10`, say).
 CREATE OR REPLACE FUNCTION pgws_publish(p_tenant text, p_topic text, p_body jsonb)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -51,6 +62,9 @@ DECLARE
     v_offset bigint;
     v_epoch text;
     v_max integer := coalesce(nullif(current_setting('pgws.max_body', true), '')::integer, 1048576);
+    v_quiet integer := coalesce(nullif(current_setting('pgws.doorbell_ms', true), '')::integer, 0);
+    v_now timestamptz := clock_timestamp();
+    v_ring boolean;
 BEGIN
     IF p_tenant IS NULL OR p_tenant !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$' THEN
         RAISE EXCEPTION 'pgws_publish: invalid tenant name %', p_tenant
@@ -67,13 +81,19 @@ BEGIN
         RAISE EXCEPTION 'pgws_publish: body of % bytes is over the limit of % (SET pgws.max_body)',
             octet_length(p_body::text), v_max;
     END IF;
-    INSERT INTO pgws_stream AS s (tenant, epoch, top_offset)
-    VALUES (p_tenant, substr(md5(random()::text || clock_timestamp()::text), 1, 12), 1)
-    ON CONFLICT (tenant) DO UPDATE SET top_offset = s.top_offset + 1, updated_at = now()
-    RETURNING s.top_offset, s.epoch INTO v_offset, v_epoch;
+    INSERT INTO pgws_stream AS s (tenant, epoch, top_offset, rang_at)
+    VALUES (p_tenant, substr(md5(random()::text || v_now::text), 1, 12), 1, v_now)
+    ON CONFLICT (tenant) DO UPDATE SET
+        top_offset = s.top_offset + 1,
+        updated_at = now(),
+        rang_at = CASE WHEN s.rang_at <= v_now - v_quiet * interval '1 millisecond'
+                       THEN v_now ELSE s.rang_at END
+    RETURNING s.top_offset, s.epoch, s.rang_at = v_now INTO v_offset, v_epoch, v_ring;
     INSERT INTO pgws_message (tenant, "offset", epoch, topic, body)
     VALUES (p_tenant, v_offset, v_epoch, p_topic, p_body);
-    PERFORM pg_notify('pgws_stream', p_tenant);
+    IF v_ring AND v_quiet >= 0 THEN
+        PERFORM pg_notify('pgws_stream', p_tenant);
+    END IF;
     RETURN v_offset;
 END
 $$;

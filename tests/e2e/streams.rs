@@ -597,3 +597,47 @@ async fn streams_without_the_schema_refuse_to_start() -> anyhow::Result<()> {
     assert!(stderr.contains("pgws schema install"), "{stderr}");
     Ok(())
 }
+
+/// A quieted doorbell (`SET pgws.doorbell_ms`): 40 single-message commits ring it a few times, not
+/// 40, and the host (`--stream-doorbell-ms`) still delivers every message without waiting for its
+/// safety poll (set to a minute here).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quieted_doorbell_rings_less_and_loses_nothing() -> anyhow::Result<()> {
+    let url = PgCluster::shared().fresh_database().await?;
+    install_schema(&url);
+    let server = Server::start(
+        &url,
+        &[
+            "--insecure-tenant-param",
+            "--streams",
+            "--stream-doorbell-ms",
+            "20",
+            "--stream-poll-ms",
+            "60000",
+        ],
+    )
+    .await?;
+    let (_listening, mut rings) = crate::harness::listen(&url, "pgws_stream").await?;
+    let sql = connect(&url).await?;
+    sql.batch_execute("SET pgws.doorbell_ms = 200").await?;
+    let mut client = v1(&server, "acme").await?;
+    subscribe(&mut client, None).await?;
+    let started = Instant::now();
+    for n in 0..40 {
+        publish(&sql, "acme", None, &json!({ "n": n }).to_string()).await?;
+    }
+    let publishing = started.elapsed();
+    // Each within PATIENCE (10 s) of the one before: the trailing reads, not the minute-long poll.
+    let got = messages(&mut client, 40).await?;
+    assert_eq!(offsets(&got), (1..=40).collect::<Vec<_>>());
+    let mut rung = 0;
+    while rings.try_recv().is_ok() {
+        rung += 1;
+    }
+    let most = publishing.as_millis() / 200 + 1;
+    assert!(
+        rung >= 1 && rung <= most,
+        "{rung} doorbells for 40 commits in {publishing:?}"
+    );
+    Ok(())
+}

@@ -25,6 +25,8 @@ scenarios (targets in BENCHMARKS.md):
   durable-1000    durable streams: 1,000 subscribers x 100 stored messages/s
   durable-max     durable streams: 100 subscribers, 20,000 messages/s asked in transactions of 100
   notify-max      the same shape with plain NOTIFY, for comparison
+  durable-ingest  single-message publishes over 1,000 tenants as fast as 8 connections can (40,000/s
+                  asked), no clients; DOORBELL_MS=<n> quiets the doorbell (pgws.doorbell_ms)
   catch-up        100,000 stored messages replayed to one reconnecting client (CATCHUP=<n>)
   socketio-burst  50 runs of 500 socket.io clients connecting at once, each subscribing on connect:
                   every subscribe must be answered (RUNS=<n>)
@@ -106,8 +108,15 @@ ws() {
     --metrics-addr "127.0.0.1:$port" "$@" "${extra[@]}"
 }
 
+# DOORBELL_MS=<n>: producers quiet the doorbell (pgws.doorbell_ms; -1: none, the server polls every
+# 10 ms instead).
 durable() {
   "$pgws_bin" --database-url "$DATABASE_URL" schema install >/dev/null
+  if [ -n "${DOORBELL_MS:-}" ]; then
+    psql -q "$DATABASE_URL" -c "ALTER DATABASE postgres SET pgws.doorbell_ms = ${DOORBELL_MS}" >/dev/null
+    if [ "$DOORBELL_MS" -lt 0 ]; then server_args+=(--stream-poll-ms 10)
+    else server_args+=(--stream-doorbell-ms "$DOORBELL_MS"); fi
+  fi
   server_args=(--streams "${server_args[@]}")
   ws --durable "$@"
 }
@@ -157,6 +166,8 @@ case "$scenario" in
   durable-1000)   durable --clients 1000 --tenants 1 --rate 100 --seconds 10 ;;
   durable-max)    durable --clients 100 --tenants 1 --rate 20000 --batch 100 --producers 4 --seconds 10 ;;
   notify-max)     ws --clients 100 --tenants 1 --rate 20000 --batch 100 --producers 4 --seconds 10 ;;
+  durable-ingest)
+    durable --clients 0 --tenants 1000 --rate 40000 --producers 8 --seconds 10 ;;
   catch-up)
     n=${CATCHUP:-100000}
     "$pgws_bin" --database-url "$DATABASE_URL" schema install >/dev/null

@@ -344,6 +344,13 @@ pub struct StreamSettings {
     #[arg(long, env = "PGWS_STREAM_POLL_MS", default_value_t = 1000)]
     pub stream_poll_ms: u64,
 
+    /// When producers quiet the doorbell (`SET pgws.doorbell_ms = N`: a stream rings at most once
+    /// per N ms, for high rates of small transactions), set this to the same N: a stream whose
+    /// read found messages is read again N ms later, for those whose doorbell stayed silent.
+    /// 0 (the default): every publishing transaction rings.
+    #[arg(long, env = "PGWS_STREAM_DOORBELL_MS", default_value_t = 0)]
+    pub stream_doorbell_ms: u64,
+
     /// Most messages one recovery replays; a client that missed more gets `recovered: false`.
     #[arg(long, env = "PGWS_STREAM_RECOVER_MAX", default_value_t = 10_000)]
     pub stream_recover_max: u64,

@@ -48,6 +48,8 @@ const FORGET_AFTER: Duration = Duration::from_secs(600);
 pub struct StreamRules {
     /// Safety poll: how often the heads of followed tenants are checked without a doorbell.
     pub poll: Duration,
+    /// With a quieted doorbell: how soon a stream whose read found messages is read again.
+    pub trailing_read: Option<Duration>,
     /// Most messages one recovery replays; a client further behind gets `recovered: false`.
     pub recover_max: u64,
     /// Oldest message a recovery replays.
@@ -61,6 +63,8 @@ impl From<&crate::config::StreamSettings> for StreamRules {
     fn from(s: &crate::config::StreamSettings) -> Self {
         StreamRules {
             poll: Duration::from_millis(s.stream_poll_ms.max(10)),
+            trailing_read: (s.stream_doorbell_ms > 0)
+                .then(|| Duration::from_millis(s.stream_doorbell_ms)),
             recover_max: s.stream_recover_max,
             recover_max_age: Duration::from_secs(s.stream_recover_max_age_secs),
             max_body: s.stream_max_body,
@@ -283,8 +287,9 @@ impl Inner {
 
     /// Hands every message after the cursor to the tenant's lane, in order, as fast as the lane
     /// takes them.
-    async fn read_new(&self, f: &Followed, cursor: &mut Cursor) -> Result<(), store::StoreError> {
+    async fn read_new(&self, f: &Followed, cursor: &mut Cursor) -> Result<bool, store::StoreError> {
         let tenant = &f.tenant;
+        let started_at = cursor.offset;
         if !cursor.known {
             cursor.start_at(store::head(&self.pool, tenant).await?);
             self.hub.tenant_gap(
@@ -298,7 +303,7 @@ impl Inner {
                 // No head when the tenant was followed: its stream's first epoch, from the start.
                 match store::head(&self.pool, tenant).await? {
                     Some(head) => cursor.epoch = Some(head.epoch.into()),
-                    None => return Ok(()),
+                    None => return Ok(false),
                 }
                 continue;
             };
@@ -377,7 +382,7 @@ impl Inner {
             }
         }
         *lock(&f.seen) = cursor.clone();
-        Ok(())
+        Ok(cursor.offset != started_at)
     }
 
     async fn recover(self: &Arc<Self>, r: Recovery) {
@@ -385,7 +390,7 @@ impl Inner {
         let mut cursor = f.cursor.lock().await;
         // Up to date first: the client may come from a host that read further than this one.
         let outcome = match self.read_new(&f, &mut cursor).await {
-            Ok(()) => self.replay(&r, &cursor).await,
+            Ok(_) => self.replay(&r, &cursor).await,
             Err(e) => Err(format!("could not read the stream: {e}")),
         };
         let until = cursor.position();
@@ -517,12 +522,22 @@ fn last_offset(rows: &[store::Stored], unusable: &[store::Unusable]) -> Option<u
 async fn read_task(inner: Arc<Inner>, f: Arc<Followed>) {
     loop {
         f.wanted.store(false, Ordering::SeqCst);
-        {
+        let found = {
             let mut cursor = f.cursor.lock().await;
-            if let Err(e) = inner.read_new(&f, &mut cursor).await {
-                metrics::counter!(m::STREAM_READ_ERRORS).increment(1);
-                tracing::warn!(tenant = %f.tenant, error = %e, "reading the tenant's stream failed; the safety poll retries");
+            match inner.read_new(&f, &mut cursor).await {
+                Ok(found) => found,
+                Err(e) => {
+                    metrics::counter!(m::STREAM_READ_ERRORS).increment(1);
+                    tracing::warn!(tenant = %f.tenant, error = %e, "reading the tenant's stream failed; the safety poll retries");
+                    false
+                }
             }
+        };
+        // With a quieted doorbell, messages may have committed since without ringing: look again
+        // shortly, for as long as reads keep finding some.
+        if let (true, Some(after)) = (found, inner.rules.trailing_read) {
+            tokio::time::sleep(after).await;
+            f.wanted.store(true, Ordering::SeqCst);
         }
         f.running.store(false, Ordering::SeqCst);
         // A poke that came after the read began reads again, unless another task took over.

@@ -100,20 +100,23 @@ pub async fn range(
         max_body,
     } = range;
     let client = pool.get().await?;
+    // At most `limit` rows and about READ_BYTES of them (always at least one): a batch of big
+    // bodies is read a few at a time. The limit applies before the running sum, so a read costs
+    // what it returns, not the whole rest of the stream.
     let rows = client
         .query(
-            // At most `limit` rows and about READ_BYTES of them (always at least one): a batch of
-            // big bodies is read a few at a time.
             "SELECT \"offset\", topic, \
                     CASE WHEN octet_length(body::text) > $6 THEN NULL ELSE body::text END \
              FROM ( \
                  SELECT \"offset\", topic, body, \
                         sum(pg_column_size(body)) OVER (ORDER BY \"offset\") AS running, \
                         row_number() OVER (ORDER BY \"offset\") AS n \
-                 FROM pgws_message \
-                 WHERE tenant = $1 AND epoch = $2 AND \"offset\" > $3 AND \"offset\" <= $4 \
-                   AND ($7::float8 IS NULL OR created_at > now() - make_interval(secs => $7)) \
-                 ORDER BY \"offset\" LIMIT $5) m \
+                 FROM ( \
+                     SELECT \"offset\", topic, body FROM pgws_message \
+                     WHERE tenant = $1 AND epoch = $2 AND \"offset\" > $3 AND \"offset\" <= $4 \
+                       AND ($7::float8 IS NULL \
+                            OR created_at > now() - make_interval(secs => $7)) \
+                     ORDER BY \"offset\" LIMIT $5) l) m \
              WHERE n = 1 OR running <= $8 \
              ORDER BY \"offset\"",
             &[

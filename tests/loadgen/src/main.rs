@@ -651,10 +651,11 @@ async fn catch_up(args: &Args, n: u64) -> anyhow::Result<()> {
     let mut replayed = 0u64;
     let report = loop {
         let text = next_text(&mut ws, "a replayed message").await?;
-        if text.starts_with("{\"type\":\"recovered\"") {
+        // Control frames have a `type` (anywhere among their keys); the stored bodies here do not.
+        if text.contains("\"type\":\"recovered\"") {
             break text;
         }
-        if !text.starts_with("{\"type\"") {
+        if !text.contains("\"type\":") {
             replayed += 1;
         }
     };
