@@ -231,6 +231,7 @@ pub async fn run(
             publish_burst: config.publish.publish_burst,
             shutdown: shutdown.clone(),
             handshakes: handshakes.clone(),
+            admitted: Default::default(),
         }),
     );
 

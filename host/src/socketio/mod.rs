@@ -21,10 +21,10 @@
 //! itself (`channels` counts subscriptions, `listener` applies them) and does not run guests
 //! (`workers`).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use serde_json::Value;
@@ -71,6 +71,8 @@ pub struct SocketIoContext {
     pub publish_burst: f64,
     pub shutdown: CancellationToken,
     pub handshakes: Arc<Handshakes>,
+    /// Sockets admitted in the last [`ADMISSION_GRACE`], oldest first, for the admissions sweep.
+    pub admitted: std::sync::Mutex<VecDeque<(Instant, SocketRef, Arc<Member>)>>,
 }
 
 /// The socketioxide layer (mount it on the router) and the socket.io server. The namespace is
@@ -91,6 +93,7 @@ pub fn layer(
 
 /// Serves the default namespace: authentication as a connect middleware, then the events.
 pub fn attach(io: &SocketIo, ctx: Arc<SocketIoContext>) {
+    let ctx_for_sweep = ctx.clone();
     // The event handlers are registered by the middleware, before socketioxide acknowledges the
     // connection: it handles the client's next packets on another task, and a client may send
     // `subscribe` the moment it sees the acknowledgement.
@@ -114,6 +117,36 @@ pub fn attach(io: &SocketIo, ctx: Arc<SocketIoContext>) {
         std::future::ready(())
     };
     io.ns("/", hello.with(admit));
+    tokio::spawn(sweep_admissions(ctx_for_sweep));
+}
+
+/// Every second: releases sockets admitted over [`ADMISSION_GRACE`] ago that never got connected.
+async fn sweep_admissions(ctx: Arc<SocketIoContext>) {
+    loop {
+        tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let due: Vec<(SocketRef, Arc<Member>)> = {
+            let mut admitted = ctx.admitted.lock().unwrap_or_else(|e| e.into_inner());
+            let mut due = Vec::new();
+            while admitted
+                .front()
+                .is_some_and(|(at, _, _)| at.elapsed() >= ADMISSION_GRACE)
+            {
+                if let Some((_, s, member)) = admitted.pop_front() {
+                    due.push((s, member));
+                }
+            }
+            due
+        };
+        for (s, member) in due {
+            if !s.connected() && !member.gone.is_cancelled() {
+                tracing::debug!(tenant = %member.identity.tenant, "socket.io client left while being admitted");
+                leave(&ctx, &member, &s).await;
+            }
+        }
+    }
 }
 
 /// A connection refused: the reason goes to logs and metrics, the message to the client's
@@ -187,12 +220,12 @@ async fn authenticate(
 }
 
 /// One connected socket's state.
-struct Member {
+pub struct Member {
     identity: Identity,
     /// Channels this socket subscribed to; only its request answering changes them while it lives.
     subscribed: Mutex<HashSet<ChannelName>>,
     /// Cancelled when the socket goes; ends the request answering and the expiry timer.
-    gone: CancellationToken,
+    gone: Gone,
     /// The `test_pub` rate limit.
     published: std::sync::Mutex<RateLimit>,
     /// The socket's place among connections, given back when it disconnects.
@@ -240,20 +273,20 @@ fn serve(ctx: Arc<SocketIoContext>, s: &SocketRef, identity: Identity, ticket: T
     tracing::debug!(tenant = %identity.tenant, protocol = ?s.protocol(), "socket.io client admitted");
     let member = Arc::new(Member {
         subscribed: Mutex::new(HashSet::new()),
-        gone: CancellationToken::new(),
+        gone: Gone::default(),
         published: std::sync::Mutex::new(RateLimit::new(ctx.publish_rate, ctx.publish_burst)),
         ticket: std::sync::Mutex::new(Some(ticket)),
         requests: std::sync::Mutex::default(),
         identity,
     });
     if let Some(exp) = member.identity.expires_at {
-        let (s, gone) = (s.clone(), member.gone.clone());
+        let (s, member) = (s.clone(), member.clone());
         tokio::spawn(async move {
             let left = exp
                 .duration_since(std::time::SystemTime::now())
                 .unwrap_or_default();
             tokio::select! {
-                _ = gone.cancelled() => {}
+                _ = member.gone.cancelled() => {}
                 _ = tokio::time::sleep(left) => {
                     emit(&s, "error", &message("token expired"));
                     if let Err(e) = s.disconnect() {
@@ -264,61 +297,61 @@ fn serve(ctx: Arc<SocketIoContext>, s: &SocketRef, identity: Identity, ticket: T
         });
     }
 
-    for (event, make) in [
-        (
-            "subscribe",
-            Request::Subscribe as fn(Option<Value>) -> Request,
-        ),
-        ("unsubscribe", Request::Unsubscribe),
-        ("test_pub", Request::TestPub),
-    ] {
-        let (ctx, member) = (ctx.clone(), member.clone());
-        s.on(event, move |s: SocketRef, TryData(data): TryData<Value>| {
-            let start = {
-                let mut requests = member.requests();
-                if requests.waiting.len() >= MAX_PENDING_REQUESTS {
-                    drop(requests);
-                    fail(
-                        &s,
-                        "overloaded",
-                        format!(
-                            "{event} refused: more than {MAX_PENDING_REQUESTS} requests waiting"
-                        ),
-                    );
-                    return std::future::ready(());
-                }
-                requests.waiting.push_back(make(data.ok()));
-                !std::mem::replace(&mut requests.answering, true)
-            };
-            if start {
-                tokio::spawn(answer_all(ctx.clone(), member.clone(), s));
-            }
-            std::future::ready(())
-        });
-    }
-    // socketio_pg's page sends `client_hello` on connect; it needs no answer.
-    s.on("client_hello", async || {});
-    s.on_fallback(async |s: SocketRef, Event(event): Event| {
-        fail(
-            &s,
-            "unknown",
-            format!(
-                "unknown event {event:?}; this server answers subscribe, unsubscribe and test_pub"
-            ),
-        );
-    });
-    // A connection lost while it was being admitted never reaches the disconnect handler
-    // (socketioxide had not added the socket to the namespace yet): it is released here instead.
+    // One handler for every event, rather than one registered per event name: a socket then holds
+    // no table of handlers (part of what an idle socket costs).
     {
-        let (ctx, member, s) = (ctx.clone(), member.clone(), s.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(ADMISSION_GRACE).await;
-            if !s.connected() && !member.gone.is_cancelled() {
-                tracing::debug!(tenant = %member.identity.tenant, "socket.io client left while being admitted");
-                leave(&ctx, &member, &s).await;
-            }
-        });
+        let (ctx, member) = (ctx.clone(), member.clone());
+        s.on_fallback(
+            move |s: SocketRef, Event(event): Event, TryData(data): TryData<Value>| {
+                let make: fn(Option<Value>) -> Request = match &*event {
+                    "subscribe" => Request::Subscribe,
+                    "unsubscribe" => Request::Unsubscribe,
+                    "test_pub" => Request::TestPub,
+                    // socketio_pg's page sends `client_hello` on connect; it needs no answer.
+                    "client_hello" => return std::future::ready(()),
+                    _ => {
+                        fail(
+                            &s,
+                            "unknown",
+                            format!(
+                                "unknown event {event:?}; this server answers subscribe, \
+                                 unsubscribe and test_pub"
+                            ),
+                        );
+                        return std::future::ready(());
+                    }
+                };
+                let start = {
+                    let mut requests = member.requests();
+                    if requests.waiting.len() >= MAX_PENDING_REQUESTS {
+                        drop(requests);
+                        fail(
+                            &s,
+                            "overloaded",
+                            format!(
+                                "{event} refused: more than {MAX_PENDING_REQUESTS} requests waiting"
+                            ),
+                        );
+                        return std::future::ready(());
+                    }
+                    requests.waiting.push_back(make(data.ok()));
+                    !std::mem::replace(&mut requests.answering, true)
+                };
+                if start {
+                    tokio::spawn(answer_all(ctx.clone(), member.clone(), s));
+                }
+                std::future::ready(())
+            },
+        );
     }
+    // A connection lost while it was being admitted never reaches the disconnect handler
+    // (socketioxide had not added the socket to the namespace yet): the admissions sweep releases
+    // it. One sweep for all sockets rather than a timer task per socket: part of what an idle
+    // socket costs.
+    ctx.admitted
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push_back((Instant::now(), s.clone(), member.clone()));
     s.on_disconnect(move |s: SocketRef| {
         let (ctx, member) = (ctx.clone(), member.clone());
         async move {
@@ -326,6 +359,33 @@ fn serve(ctx: Arc<SocketIoContext>, s: &SocketRef, identity: Identity, ticket: T
             metrics::counter!(m::SOCKETIO_DISCONNECTIONS).increment(1);
         }
     });
+}
+
+/// Whether a socket went, and a wake-up for the one task that waits for it (its token's expiry):
+/// part of the member, where a `CancellationToken` was one more allocation per socket.
+#[derive(Default)]
+pub struct Gone {
+    flag: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Gone {
+    pub fn is_cancelled(&self) -> bool {
+        self.flag.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn cancel(&self) {
+        if !self.flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            // Kept as a permit if the waiter is not waiting yet.
+            self.wake.notify_one();
+        }
+    }
+
+    async fn cancelled(&self) {
+        if !self.is_cancelled() {
+            self.wake.notified().await;
+        }
+    }
 }
 
 /// Answers a socket's waiting requests in order until none is left (or the socket is gone).
