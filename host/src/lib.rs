@@ -26,6 +26,7 @@
 //! - [`auth`]: the one identity rule of every endpoint; JWT verification, least-privilege grants;
 //! - [`admission`]: connection counts, in all and per tenant, for every endpoint;
 //! - [`publisher`]: client messages into Postgres via `pg_notify`;
+//! - [`database`]: bounded pools of Postgres connections (publisher, streams);
 //! - [`upgrade`]: who a connecting client is, decided before the WebSocket upgrade;
 //! - [`socketio`]: the socket.io endpoint (socketio_pg's events);
 //! - [`handshakes`]: the cap on Engine.IO sessions that have not authenticated yet;
@@ -40,6 +41,7 @@ pub mod admission;
 pub mod auth;
 pub mod channels;
 pub mod config;
+pub mod database;
 pub mod deliver;
 pub mod dispatch;
 pub mod embedded;

@@ -9,8 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use deadpool_postgres::Pool;
 
 use crate::envelope::{JsonBody, TenantId, Topic};
 
@@ -37,22 +36,7 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(database_url: &str, channel: &str, pool_size: usize) -> anyhow::Result<Publisher> {
-        let mut pg: tokio_postgres::Config = database_url.parse()?;
-        pg.connect_timeout(PUBLISH_TIMEOUT);
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(PUBLISH_TIMEOUT))
-            .create_timeout(Some(PUBLISH_TIMEOUT))
-            .recycle_timeout(Some(PUBLISH_TIMEOUT))
-            .build()?;
+        let pool = crate::database::pool(database_url, pool_size, PUBLISH_TIMEOUT, None)?;
         Ok(Publisher {
             pool,
             channel: channel.to_owned(),

@@ -7,6 +7,7 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
+use crate::harness::driver::Driver;
 use crate::harness::guests::{guest_dir, rust_guest};
 use crate::harness::socketio::{Kind, SioClient};
 use crate::harness::{
@@ -794,16 +795,6 @@ async fn trigger_channel_topic_and_key_arguments() -> anyhow::Result<()> {
 
 // ---- client/pgws-client.js ---------------------------------------------------------------------
 
-/// Reads the driver's next line.
-pub(crate) async fn driver_line(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-) -> anyhow::Result<Value> {
-    let line = tokio::time::timeout(PATIENCE, lines.next_line())
-        .await??
-        .ok_or_else(|| anyhow::anyhow!("the client driver exited"))?;
-    Ok(serde_json::from_str(&line)?)
-}
-
 /// `client/pgws-client.js` under Node: refused connections are retried with doubling delays up to
 /// the maximum; once connected the delay starts again at the minimum; every reconnect subscribes
 /// its topics again; a gap notice reaches `onGap`.
@@ -821,29 +812,15 @@ async fn the_browser_client_reconnects_with_back_off_and_reports_gaps() -> anyho
     .await?;
     // The tenant's one place is taken: the client is refused until it is free.
     let holder = Client::connect(&server.ws_url("?tenant=acme")).await?;
-    let tools =
-        tokio::task::spawn_blocking(|| crate::harness::node_modules("browser", "playwright-core"))
-            .await?;
     let options =
         json!({"tenant": "acme", "topics": ["orders"], "minBackoffMs": 40, "maxBackoffMs": 160});
-    let mut node = tokio::process::Command::new("node")
-        .args(["--experimental-websocket", "--no-warnings"])
-        .arg(tools.join("client-driver.mjs"))
-        .arg(server.ws_url(""))
-        .arg(options.to_string())
-        .current_dir(&tools)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut stdin = node.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let mut driver = Driver::start(&server.ws_url(""), &options).await?;
 
     // Refusals: connecting, closed, a delay; five rounds, then the place is freed.
     let mut delays = Vec::new();
     let mut holder = Some(holder);
     loop {
-        let line = driver_line(&mut lines).await?;
+        let line = driver.line().await?;
         if let Some(ms) = line["retry_ms"].as_u64() {
             delays.push(ms);
             if delays.len() == 5 {
@@ -865,17 +842,17 @@ async fn the_browser_client_reconnects_with_back_off_and_reports_gaps() -> anyho
     for (i, ms) in delays.iter().enumerate() {
         assert_eq!(*ms, (40u64 << i.min(2)), "delay {i} of {delays:?}");
     }
-    assert_eq!(driver_line(&mut lines).await?, json!({"ready": true}));
+    assert_eq!(driver.line().await?, json!({"ready": true}));
     // The topic given in the options was subscribed on connect.
     notify(&sql, r#"acme/other,{"n":1}"#).await?;
     notify(&sql, r#"acme/orders,{"n":2}"#).await?;
-    let m = driver_line(&mut lines).await?;
+    let m = driver.line().await?;
     assert_eq!(m["message"]["topic"], "orders", "{m}");
     assert_eq!(m["message"]["data"], json!({"n": 2}));
 
     // A gap: the server lost its LISTEN connection.
     crate::harness::kill_listener_backend(&sql).await?;
-    let gap = driver_line(&mut lines).await?;
+    let gap = driver.line().await?;
     assert!(
         gap["gap"]["reason"]
             .as_str()
@@ -886,25 +863,21 @@ async fn the_browser_client_reconnects_with_back_off_and_reports_gaps() -> anyho
 
     // The server closes the connection (a message over --max-client-message: 1009); the client comes
     // back after the minimum delay, since its last connection succeeded, and subscribes again.
-    stdin.write_all(b"{\"oversize\": 2000}\n").await?;
+    driver.send(&json!({"oversize": 2000})).await?;
     assert_eq!(
-        driver_line(&mut lines).await?,
+        driver.line().await?,
         json!({"status": "closed", "code": 1009})
     );
-    assert_eq!(driver_line(&mut lines).await?, json!({"retry_ms": 40}));
-    assert_eq!(
-        driver_line(&mut lines).await?,
-        json!({"status": "connecting"})
-    );
-    assert_eq!(driver_line(&mut lines).await?, json!({"status": "open"}));
-    assert_eq!(driver_line(&mut lines).await?, json!({"ready": true}));
+    assert_eq!(driver.line().await?, json!({"retry_ms": 40}));
+    assert_eq!(driver.line().await?, json!({"status": "connecting"}));
+    assert_eq!(driver.line().await?, json!({"status": "open"}));
+    assert_eq!(driver.line().await?, json!({"ready": true}));
     // (The gap notice came once the listener was back.)
     notify(&sql, r#"acme/other,{"n":3}"#).await?;
     notify(&sql, r#"acme/orders,{"n":4}"#).await?;
-    let m = driver_line(&mut lines).await?;
+    let m = driver.line().await?;
     assert_eq!(m["message"]["topic"], "orders", "{m}");
     assert_eq!(m["message"]["data"], json!({"n": 4}));
-    stdin.write_all(b"{\"close\": true}\n").await?;
-    node.wait().await?;
+    driver.close().await?;
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::harness::driver::Driver;
 use crate::harness::guests::{guest_dir, rust_guest};
 use crate::harness::server::pgws_command;
 use crate::harness::{connect, Client, PgCluster, Server, PATIENCE};
@@ -469,36 +470,20 @@ async fn two_hosts_deliver_the_same_stream() -> anyhow::Result<()> {
 /// `recovered` report with their number, then live ones.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_javascript_client_recovers_by_itself() -> anyhow::Result<()> {
-    use crate::documented::driver_line;
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let (server, url) = durable_app(&[]).await?;
     let sql = connect(&url).await?;
-    let tools =
-        tokio::task::spawn_blocking(|| crate::harness::node_modules("browser", "playwright-core"))
-            .await?;
     // A long first back-off: the messages below are stored while the client is away.
     let options =
         json!({"tenant": "acme", "topics": ["t"], "minBackoffMs": 1500, "maxBackoffMs": 1500});
-    let mut node = tokio::process::Command::new("node")
-        .args(["--experimental-websocket", "--no-warnings"])
-        .arg(tools.join("client-driver.mjs"))
-        .arg(server.ws_url(""))
-        .arg(options.to_string())
-        .current_dir(&tools)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut stdin = node.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let mut driver = Driver::start(&server.ws_url(""), &options).await?;
     // Up to its first message; then away while 50 more are stored.
-    while driver_line(&mut lines).await? != json!({"ready": true}) {}
+    while driver.line().await? != json!({"ready": true}) {}
     publish(&sql, "acme", Some("t"), r#"{"n": 0}"#).await?;
-    let first = driver_line(&mut lines).await?;
+    let first = driver.line().await?;
     assert_eq!(first["message"]["offset"], 1, "{first}");
-    stdin.write_all(b"{\"drop\": true}\n").await?;
+    driver.send(&json!({"drop": true})).await?;
     loop {
-        let line = driver_line(&mut lines).await?;
+        let line = driver.line().await?;
         if line.get("retry_ms").is_some() {
             break;
         }
@@ -508,7 +493,7 @@ async fn the_javascript_client_recovers_by_itself() -> anyhow::Result<()> {
     }
     let mut replayed = Vec::new();
     let report = loop {
-        let line = driver_line(&mut lines).await?;
+        let line = driver.line().await?;
         if let Some(m) = line.get("message") {
             replayed.push(m["offset"].as_u64().expect("offset"));
         } else if let Some(r) = line.get("recovered") {
@@ -520,14 +505,14 @@ async fn the_javascript_client_recovers_by_itself() -> anyhow::Result<()> {
     assert_eq!(report["replayed"], 50);
     publish(&sql, "acme", Some("t"), r#"{"n": "live"}"#).await?;
     let live = loop {
-        let line = driver_line(&mut lines).await?;
+        let line = driver.line().await?;
         if let Some(m) = line.get("message") {
             break m.clone();
         }
     };
     assert_eq!(live["offset"], 52);
     assert_eq!(live["data"], json!({"n": "live"}));
-    stdin.write_all(b"{\"close\": true}\n").await?;
+    driver.close().await?;
     Ok(())
 }
 

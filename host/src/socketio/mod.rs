@@ -72,7 +72,7 @@ pub struct SocketIoContext {
     pub shutdown: CancellationToken,
     pub handshakes: Arc<Handshakes>,
     /// Sockets admitted in the last [`ADMISSION_GRACE`], oldest first, for the admissions sweep.
-    pub admitted: std::sync::Mutex<VecDeque<(Instant, SocketRef, Arc<Member>)>>,
+    pub(crate) admitted: std::sync::Mutex<VecDeque<(Instant, SocketRef, Arc<Member>)>>,
 }
 
 /// The socketioxide layer (mount it on the router) and the socket.io server. The namespace is
@@ -220,7 +220,7 @@ async fn authenticate(
 }
 
 /// One connected socket's state.
-pub struct Member {
+pub(crate) struct Member {
     identity: Identity,
     /// Channels this socket subscribed to; only its request answering changes them while it lives.
     subscribed: Mutex<HashSet<ChannelName>>,
@@ -364,13 +364,13 @@ fn serve(ctx: Arc<SocketIoContext>, s: &SocketRef, identity: Identity, ticket: T
 /// Whether a socket went, and a wake-up for the one task that waits for it (its token's expiry):
 /// part of the member, where a `CancellationToken` was one more allocation per socket.
 #[derive(Default)]
-pub struct Gone {
+struct Gone {
     flag: std::sync::atomic::AtomicBool,
     wake: tokio::sync::Notify,
 }
 
 impl Gone {
-    pub fn is_cancelled(&self) -> bool {
+    fn is_cancelled(&self) -> bool {
         self.flag.load(std::sync::atomic::Ordering::SeqCst)
     }
 

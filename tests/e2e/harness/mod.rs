@@ -1,6 +1,7 @@
 //! Shared test machinery: a private Postgres, the real server, WebSocket clients, guests built from
 //! source.
 
+pub mod driver;
 pub mod guests;
 pub mod http;
 pub mod languages;
