@@ -54,7 +54,7 @@ impl Inner {
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            let (rows, unusable) = store::range(
+            let found = store::range(
                 &self.pool,
                 tenant,
                 store::Range {
@@ -67,7 +67,7 @@ impl Inner {
                 },
             )
             .await?;
-            if rows.is_empty() && unusable.is_empty() {
+            if found.is_empty() {
                 // Nothing new in this epoch: was the stream reset?
                 match store::head(&self.pool, tenant).await? {
                     Some(head) if *head.epoch != *epoch => {
@@ -83,8 +83,7 @@ impl Inner {
                     _ => break,
                 }
             }
-            let read = rows.len() + unusable.len();
-            let missing = holes(cursor.offset, &rows, &unusable);
+            let missing = holes(cursor.offset, &found);
             if missing > 0 {
                 metrics::counter!(m::STREAM_EXPIRED, "tenant" => tenant.to_string())
                     .increment(missing);
@@ -94,20 +93,21 @@ impl Inner {
                 );
             }
             let mut last = cursor.offset;
-            for u in &unusable {
+            for u in &found.unusable {
                 last = last.max(u.offset);
                 metrics::counter!(m::NOTIFICATIONS_REJECTED, "reason" => u.reason).increment(1);
                 tracing::warn!(%tenant, offset = u.offset, reason = u.reason, "stored message skipped");
             }
             let received = Instant::now();
-            for row in rows {
+            let more = found.more;
+            for row in found.stored {
                 last = last.max(row.position.offset);
                 self.workers
                     .dispatch(notify_of(tenant, row, received), &mut batch);
             }
             self.workers.publish(&mut batch);
             cursor.offset = last;
-            if read < READ_BATCH {
+            if !more {
                 break;
             }
         }
@@ -130,13 +130,9 @@ pub(super) fn notify_of(tenant: &TenantId, row: store::Stored, received: Instant
     }
 }
 
-/// Offsets missing between `after` and the last of `rows` and `unusable` (both in offset order).
-pub(super) fn holes(after: u64, rows: &[store::Stored], unusable: &[store::Unusable]) -> u64 {
-    let mut offsets: Vec<u64> = rows
-        .iter()
-        .map(|r| r.position.offset)
-        .chain(unusable.iter().map(|u| u.offset))
-        .collect();
+/// Offsets missing between `after` and the last offset `found`.
+pub(super) fn holes(after: u64, found: &store::Found) -> u64 {
+    let mut offsets = offsets(found);
     offsets.sort_unstable();
     let mut expected = after + 1;
     let mut missing = 0;
@@ -147,11 +143,17 @@ pub(super) fn holes(after: u64, rows: &[store::Stored], unusable: &[store::Unusa
     missing
 }
 
-pub(super) fn last_offset(rows: &[store::Stored], unusable: &[store::Unusable]) -> Option<u64> {
-    rows.iter()
+pub(super) fn last_offset(found: &store::Found) -> Option<u64> {
+    offsets(found).into_iter().max()
+}
+
+fn offsets(found: &store::Found) -> Vec<u64> {
+    found
+        .stored
+        .iter()
         .map(|r| r.position.offset)
-        .chain(unusable.iter().map(|u| u.offset))
-        .max()
+        .chain(found.unusable.iter().map(|u| u.offset))
+        .collect()
 }
 
 /// Reads `f`'s new messages until no read is wanted, then ends (the next doorbell starts another).

@@ -88,7 +88,7 @@ impl Inner {
         let mut after = r.since.offset;
         let expired = || "some missed messages are no longer stored; reload".to_owned();
         while after < cursor.offset {
-            let (rows, unusable) = store::range(
+            let found = store::range(
                 &self.pool,
                 &r.tenant,
                 store::Range {
@@ -102,23 +102,21 @@ impl Inner {
             )
             .await
             .map_err(|e| format!("could not read the stream: {e}"))?;
-            if rows.is_empty() && unusable.is_empty()
-                || holes(after, &rows, &unusable) > 0
-                || (rows.len() + unusable.len() < READ_BATCH
-                    && last_offset(&rows, &unusable) != Some(cursor.offset))
+            // Every offset up to the cursor must be there: a hole, or an end short of the cursor
+            // when the read was not cut short by its limits, is a pruned message.
+            if found.is_empty()
+                || holes(after, &found) > 0
+                || (!found.more && last_offset(&found) != Some(cursor.offset))
             {
                 return Err(expired());
             }
             let received = Instant::now();
-            let mut last = after;
-            let notes: Vec<Notify> = rows
+            let last = last_offset(&found).unwrap_or(after);
+            let notes: Vec<Notify> = found
+                .stored
                 .into_iter()
-                .map(|row| {
-                    last = last.max(row.position.offset);
-                    notify_of(&r.tenant, row, received)
-                })
+                .map(|row| notify_of(&r.tenant, row, received))
                 .collect();
-            last = unusable.iter().map(|u| u.offset).fold(last, u64::max);
             self.workers.replay(&r.tenant, notes, r.session, None);
             after = last;
         }

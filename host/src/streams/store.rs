@@ -85,12 +85,22 @@ pub struct Range<'a> {
     pub max_body: usize,
 }
 
+/// What one read of a range found, in offset order.
+pub struct Found {
+    pub stored: Vec<Stored>,
+    pub unusable: Vec<Unusable>,
+    /// The range may hold more: the read stopped at its row or byte limit.
+    pub more: bool,
+}
+
+impl Found {
+    pub fn is_empty(&self) -> bool {
+        self.stored.is_empty() && self.unusable.is_empty()
+    }
+}
+
 /// The messages of `tenant` in `range`.
-pub async fn range(
-    pool: &Pool,
-    tenant: &TenantId,
-    range: Range<'_>,
-) -> Result<(Vec<Stored>, Vec<Unusable>), StoreError> {
+pub async fn range(pool: &Pool, tenant: &TenantId, range: Range<'_>) -> Result<Found, StoreError> {
     let Range {
         epoch,
         after,
@@ -106,11 +116,13 @@ pub async fn range(
     let rows = client
         .query(
             "SELECT \"offset\", topic, \
-                    CASE WHEN octet_length(body::text) > $6 THEN NULL ELSE body::text END \
+                    CASE WHEN octet_length(body::text) > $6 THEN NULL ELSE body::text END, \
+                    within \
              FROM ( \
                  SELECT \"offset\", topic, body, \
                         sum(pg_column_size(body)) OVER (ORDER BY \"offset\") AS running, \
-                        row_number() OVER (ORDER BY \"offset\") AS n \
+                        row_number() OVER (ORDER BY \"offset\") AS n, \
+                        count(*) OVER () AS within \
                  FROM ( \
                      SELECT \"offset\", topic, body FROM pgws_message \
                      WHERE tenant = $1 AND epoch = $2 AND \"offset\" > $3 AND \"offset\" <= $4 \
@@ -131,6 +143,11 @@ pub async fn range(
             ],
         )
         .await?;
+    // Rows the limited set held before the byte limit took its share.
+    let within = rows
+        .first()
+        .map_or(0, |r| r.get::<_, i64>(3).max(0) as usize);
+    let more = within >= limit || rows.len() < within;
     let epoch: std::sync::Arc<str> = epoch.into();
     let mut stored = Vec::with_capacity(rows.len());
     let mut unusable = Vec::new();
@@ -173,7 +190,11 @@ pub async fn range(
             body,
         });
     }
-    Ok((stored, unusable))
+    Ok(Found {
+        stored,
+        unusable,
+        more,
+    })
 }
 
 /// Deletes up to `batch` messages older than `age`; returns how many went.
