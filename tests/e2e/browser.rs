@@ -199,10 +199,11 @@ async fn console_in_headless_chromium() -> anyhow::Result<()> {
         "raw",
     ])
     .await?;
+    // Built before the client connects (see `a_live_default_guest_is_hot_swapped`).
+    let (v1, v2) = (rust_guest("passthrough"), rust_guest("reshaper"));
     let mut client = Client::connect(&server.ws_url("?tenant=acme")).await?;
     let shot = artifacts().join("console.png");
     let _ = std::fs::remove_file(&shot);
-    let (v1, v2) = (rust_guest("passthrough"), rust_guest("reshaper"));
     let url = format!("http://{}/admin/", server.addr);
     let args: [&std::ffi::OsStr; 5] = [
         url.as_ref(),

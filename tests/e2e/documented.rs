@@ -637,12 +637,15 @@ async fn a_restart_loads_guests_from_the_cache() -> anyhow::Result<()> {
 /// message runs on the new default, on the same connection.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_live_default_guest_is_hot_swapped() -> anyhow::Result<()> {
+    // Built before the client connects: a client that reads nothing while another test's guests
+    // build (minutes on a fresh machine) would miss the server's pings.
+    let reshaper = rust_guest("reshaper");
     let dir = guest_dir(&[("_default", &rust_guest("passthrough"))]);
     let (server, sql) = spawn_with_guests(&dir, &[]).await?;
     let mut c = Client::connect(&server.ws_url("?tenant=x")).await?;
     notify(&sql, r#"x,{"usr":"ann","n":1}"#).await?;
     assert_eq!(c.recv_text().await?, r#"{"usr":"ann","n":1}"#);
-    std::fs::copy(rust_guest("reshaper"), dir.join(".default.tmp"))?;
+    std::fs::copy(&reshaper, dir.join(".default.tmp"))?;
     std::fs::rename(dir.join(".default.tmp"), dir.join("_default.wasm"))?;
     let deadline = std::time::Instant::now() + PATIENCE;
     while server

@@ -3,23 +3,24 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 pub use super::languages::{languages, repo};
 
 /// Builds one language's example guests (once per process) and returns the directory holding them.
+/// Each language has its own lock: a test asking for built Rust guests never waits for another
+/// test's Python build.
 pub fn built(language: &str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
-    let mut built = BUILT
+    static BUILT: OnceLock<Mutex<HashMap<String, Arc<OnceLock<PathBuf>>>>> = OnceLock::new();
+    let once = BUILT
         .get_or_init(Default::default)
         .lock()
-        .expect("build lock");
-    if let Some(dir) = built.get(language) {
-        return dir.clone();
-    }
-    let out = super::languages::build(language);
-    built.insert(language.to_owned(), out.clone());
-    out
+        .expect("build lock")
+        .entry(language.to_owned())
+        .or_default()
+        .clone();
+    once.get_or_init(|| super::languages::build(language))
+        .clone()
 }
 
 /// The path of one built Rust guest.
