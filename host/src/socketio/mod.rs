@@ -143,7 +143,10 @@ async fn sweep_admissions(ctx: Arc<SocketIoContext>) {
         for (s, member) in due {
             if !s.connected() && !member.gone.is_cancelled() {
                 tracing::debug!(tenant = %member.identity.tenant, "socket.io client left while being admitted");
-                leave(&ctx, &member, &s).await;
+                // Each on its own task: a release that waits (on a LISTEN under way) holds up no
+                // other, nor the sweep.
+                let ctx = ctx.clone();
+                tokio::spawn(async move { leave(&ctx, &member, &s).await });
             }
         }
     }

@@ -375,6 +375,9 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "emitting ping");
 
+            // pgws patch: a pong that came before this ping answers no ping of ours (the one-slot
+            // channel this `Notify` replaced dropped such extras; a `Notify` keeps one permit).
+            self.heartbeat.notified().now_or_never();
             self.internal_tx
                 .try_send(Box::new(smallvec![Packet::Ping]))
                 .map_err(|_| Error::HeartbeatTimeout)?;
