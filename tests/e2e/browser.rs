@@ -1,14 +1,12 @@
 //! The demo pages in real headless Chromium (Debian's `chromium`, driven by playwright-core): `/`
 //! connects, shows a NOTIFY sent from SQL, publishes a message back, and shows a guest's rejection;
-//! `/socket-test` does socketio_pg's round with the bundled socket.io 2.x client.
+//! `/socket-test` does socketio_pg's round with the bundled socket.io 2.x client; `/admin/`, the
+//! operator's console, signs in, charts a tenant, swaps and rolls back a guest.
 
-use std::process::Stdio;
-
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use serde_json::json;
+use tokio::io::{AsyncWriteExt, BufReader};
 
 use crate::harness::guests::{guest_dir, repo, rust_guest};
-use serde_json::json;
-
 use crate::harness::{listen, notify, spawn_app, spawn_with_guests, Client, PATIENCE};
 
 /// The next step the browser script reports.
@@ -22,11 +20,6 @@ async fn step(
     Ok(line)
 }
 
-/// The browser tests' node_modules.
-fn browser_tools() -> std::path::PathBuf {
-    crate::harness::node_modules("browser", "playwright-core")
-}
-
 /// A page script of tests/browser started in Node: its stdin (to let it go on) and its step lines.
 struct PageScript {
     node: tokio::process::Child,
@@ -36,17 +29,7 @@ struct PageScript {
 
 impl PageScript {
     async fn start(script: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<PageScript> {
-        let tools = tokio::task::spawn_blocking(browser_tools).await?;
-        let mut node = tokio::process::Command::new("node")
-            .arg(tools.join(script))
-            .args(args)
-            .current_dir(&tools)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdin = node.stdin.take().expect("stdin");
-        let lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+        let (node, stdin, lines) = crate::harness::node_script(&[], script, args).await?;
         Ok(PageScript { node, stdin, lines })
     }
 

@@ -1,10 +1,8 @@
 //! `client/pgws-client.js` under Node (`tests/browser/client-driver.mjs`): what the client reports,
 //! a JSON line at a time, and a way to tell it what to do.
 
-use std::process::Stdio;
-
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use super::PATIENCE;
@@ -19,21 +17,13 @@ pub struct Driver {
 impl Driver {
     /// Starts the client on `ws_url` with `options` (the `PgwsClient` options, as JSON).
     pub async fn start(ws_url: &str, options: &Value) -> anyhow::Result<Driver> {
-        let tools =
-            tokio::task::spawn_blocking(|| super::node_modules("browser", "playwright-core"))
-                .await?;
-        let mut node = tokio::process::Command::new("node")
-            .args(["--experimental-websocket", "--no-warnings"])
-            .arg(tools.join("client-driver.mjs"))
-            .arg(ws_url)
-            .arg(options.to_string())
-            .current_dir(&tools)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdin = node.stdin.take().expect("stdin");
-        let lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+        let options = options.to_string();
+        let (node, stdin, lines) = super::node_script(
+            &["--experimental-websocket", "--no-warnings"],
+            "client-driver.mjs",
+            &[ws_url.as_ref(), options.as_ref()],
+        )
+        .await?;
         Ok(Driver { node, stdin, lines })
     }
 

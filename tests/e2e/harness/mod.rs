@@ -68,6 +68,33 @@ pub fn node_modules(folder: &str, marker: &str) -> std::path::PathBuf {
     dir
 }
 
+/// A script of `tests/browser` running in Node (`node <node_args> <script> <args>`) with its stdin
+/// and the lines of its stdout: how the browser and client-driver tests talk to their scripts.
+pub async fn node_script(
+    node_args: &[&str],
+    script: &str,
+    args: &[&std::ffi::OsStr],
+) -> anyhow::Result<(
+    tokio::process::Child,
+    tokio::process::ChildStdin,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+)> {
+    use tokio::io::AsyncBufReadExt;
+    let tools = tokio::task::spawn_blocking(|| node_modules("browser", "playwright-core")).await?;
+    let mut node = tokio::process::Command::new("node")
+        .args(node_args)
+        .arg(tools.join(script))
+        .args(args)
+        .current_dir(&tools)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdin = node.stdin.take().context("node stdin")?;
+    let lines = tokio::io::BufReader::new(node.stdout.take().context("node stdout")?).lines();
+    Ok((node, stdin, lines))
+}
+
 /// A real WebSocket client.
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
