@@ -615,13 +615,18 @@ async fn a_quieted_doorbell_rings_less_and_loses_nothing() -> anyhow::Result<()>
     // Each within PATIENCE (10 s) of the one before: the trailing reads, not the minute-long poll.
     let got = messages(&mut client, 40).await?;
     assert_eq!(offsets(&got), (1..=40).collect::<Vec<_>>());
-    let mut rung = 0;
+    // The first ring surely came (it may reach this listener after the messages reached the
+    // client); later ones that are still on their way only make the count lower.
+    tokio::time::timeout(PATIENCE, rings.recv())
+        .await?
+        .expect("a doorbell");
+    let mut rung = 1;
     while rings.try_recv().is_ok() {
         rung += 1;
     }
     let most = publishing.as_millis() / 200 + 1;
     assert!(
-        rung >= 1 && rung <= most,
+        rung <= most,
         "{rung} doorbells for 40 commits in {publishing:?}"
     );
     Ok(())

@@ -48,6 +48,13 @@ fn new_builds_checks_and_tests(language: &str) {
     }
 
     let mut build = Command::new(project.join("build.sh"));
+    // Where `.ci/run` installs wit-bindgen and wasm-tools, as guest/c/build.sh looks for them too.
+    let path = std::env::var("PATH").unwrap_or_default();
+    let home = std::env::var("HOME").unwrap_or_default();
+    build.env(
+        "PATH",
+        format!("{path}:/var/cache/pgws/tools/bin:{home}/.cargo/bin"),
+    );
     // The Rust project builds where the example guests do, so wit-bindgen is compiled once.
     build.env("CARGO_TARGET_DIR", build_dir().join("guests"));
     let built = assert_ok("build.sh", &build.output().expect("build.sh runs"));
